@@ -1,0 +1,63 @@
+# urd-lightning — every command a user needs. `make help` lists them.
+#   make train                          # embedded demo dataset, offline, a few minutes on a laptop CPU
+#   make train DATASET=mvtec CATEGORY=bottle ARGS="trainer.devices=2"
+#   make test                           # the default (fast, CPU) test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+DATASET ?=
+CATEGORY ?=
+ARGS ?=
+# The torch pair known to work together (torchvision is needed by timm). On a CUDA machine pip picks the CUDA build.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+STAMP := .cache/install.stamp
+
+export NO_ALBUMENTATIONS_UPDATE ?= 1
+
+.PHONY: help install test test-slow test-ddp test-all test-ci-extra train evaluate benchmark report sweep lint demo-data clean
+
+help:  ## list the commands
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@mkdir -p $(dir $@)
+	$(PIP) install $(TORCH_PINS)
+	$(PIP) install -r requirements.txt -r requirements-dev.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $@
+
+install: $(STAMP)  ## install everything (skipped when requirements are unchanged since the last install)
+
+test: install  ## the default test suite (CPU, no data or weights needed)
+	$(PYTHON) -m pytest -q
+
+test-slow: install  ## tests marked slow (real WideResNet-50 shapes, longer training)
+	$(PYTHON) -m pytest -q -m slow
+
+test-ddp: install  ## 2-process (gloo, CPU) tests of metrics and training
+	$(PYTHON) -m pytest -q -m ddp
+
+test-ci-extra: install  ## what CI runs after `make test`: the ddp and slow tests that fit its time
+	$(PYTHON) -m pytest -q -m "ddp or slow" ; rc=$$?; [ $$rc -eq 0 -o $$rc -eq 5 ]
+
+test-all: install  ## every test except gpu
+	$(PYTHON) -m pytest -q -m "not gpu"
+
+train: install  ## train + evaluate; DATASET=mvtec|visa|btad|mpdd|folder (empty: embedded demo) CATEGORY=... ARGS="k=v ..."
+	$(PYTHON) -m urd_lightning train dataset=$(or $(DATASET),demo) $(if $(CATEGORY),data.category=$(CATEGORY)) $(ARGS)
+
+evaluate: install  ## evaluate a checkpoint: make evaluate CKPT=path/to/last.ckpt
+	$(PYTHON) -m urd_lightning test ckpt=$(CKPT) $(ARGS)
+
+benchmark: install  ## every category of DATASET in turn, then the results table
+	$(PYTHON) -m urd_lightning benchmark dataset=$(or $(DATASET),demo) $(ARGS)
+
+demo-data: install  ## (re)generate the embedded demo dataset under datasets/demo
+	$(PYTHON) -m urd_lightning data demo --root datasets/demo
+
+lint:  ## ruff
+	$(PYTHON) -m ruff check src tests experiments
+
+clean:  ## remove caches (not datasets/ or results/)
+	rm -rf .cache .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,66 @@
+"""Command line: ``python -m urd_lightning <command> [key=value ...]``.
+
+Every command is a ``main(argv) -> int`` in its own module, imported only when called so that ``--help`` and
+``data check`` start fast. User errors (:class:`urd_lightning.errors.URDError`) print one clear message and exit 2,
+never a stack trace.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# command -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("urd_lightning.train", "main", "train and evaluate one (dataset, category): train key=value ..."),
+    "test": ("urd_lightning.train", "test_main", "evaluate a checkpoint: test ckpt=PATH [key=value ...]"),
+    "print-config": ("urd_lightning.config", "print_config_main", "show the resolved config: print-config key=value"),
+    "data": ("urd_lightning.data.cli", "main", "datasets: data download|check|demo <benchmark> --root DIR"),
+    "predict": ("urd_lightning.predict", "main", "score new images: predict ckpt=PATH input=FILE|DIR output=DIR"),
+    "export": ("urd_lightning.export", "main", "export a model: export ckpt=PATH format=onnx|torchscript"),
+    "benchmark": ("urd_lightning.benchmark", "main", "train every category of a benchmark: benchmark dataset=mvtec"),
+    "report": ("urd_lightning.report", "main", "tables and plots from a results folder: report DIR"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m urd_lightning <command> [args]", "", "commands:"]
+    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run 'python -m urd_lightning <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a command; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise checks PyPI on import
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[name]
+    from urd_lightning.errors import URDError
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("urd_lightning"):
+            print(f"error: the '{name}' command is not available in this version.", file=sys.stderr)
+            return 2
+        raise
+    try:
+        return int(getattr(module, func_name)(rest) or 0)
+    except URDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
