@@ -1,0 +1,254 @@
+"""Results folder -> CSV, markdown table beside the paper's means, and plots: ``python -m urd_lightning report DIR``.
+
+Reads the ``results/<dataset>/<category>/<run>/metrics.json`` files that training writes (docs/design.md,
+"results") and, for every (dataset, run) found, writes under ``<dataset folder>/_reports/<run>/``:
+``results.csv`` (one row per category: metrics, durations, the run's flattened ``config.yaml``), ``results.md``
+(categories in the community order, a mean row, the paper's published means and the difference) and the plots of
+:mod:`urd_lightning.report_plots`. The benchmark runner (:mod:`urd_lightning.benchmark`) calls the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from urd_lightning.errors import URDError
+from urd_lightning.paper_numbers import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE, order_categories
+
+log = logging.getLogger(__name__)
+
+# Table columns: metric key in metrics.json -> header. Both AUPRO protocols are shown (design: "metrics").
+TABLE_COLUMNS: dict[str, str] = {
+    "image_AUROC": "image AUROC",
+    "pixel_AUROC": "pixel AUROC",
+    "pixel_AUPRO_per_image": "AUPRO per-image (paper protocol)",
+    "pixel_AUPRO": "AUPRO pooled (MVTec official)",
+    "pixel_AP": "pixel AP",
+}
+REPORTS_DIRNAME = "_reports"  # folders starting with "_" are never read as categories
+
+
+@dataclass
+class RunRecord:
+    """One (dataset, category, run): its metrics.json content, or why there is none.
+
+    Attributes:
+        dataset: Benchmark name.
+        category: Category name.
+        run: Run name (the results sub-folder).
+        status: ``done`` (metrics.json read), ``failed``, ``missing`` or ``conflict`` (set by the runner).
+        path: The run folder, when known.
+        metrics: The parsed metrics.json (empty unless done).
+        config: The run's ``config.yaml`` flattened to dotted keys (empty if absent).
+        error: What went wrong, for failed/conflict rows.
+    """
+
+    dataset: str
+    category: str
+    run: str
+    status: str = "done"
+    path: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys; lists become JSON strings so every value fits a CSV cell."""
+    if not isinstance(tree, dict):
+        return {prefix: json.dumps(tree) if isinstance(tree, list) else tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read one run folder (``metrics.json`` and, if present, ``config.yaml``).
+
+    Raises:
+        URDError: If metrics.json is not valid JSON or lacks the design's identity keys.
+    """
+    metrics_path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+        dataset, category, run = metrics["dataset"], metrics["category"], metrics["run"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise URDError(
+            f"{metrics_path} is not a metrics.json of this project ({exc!r}); it needs the keys dataset, category, "
+            "run and final (docs/design.md, 'results'). Delete it, or rerun that category, to fix it."
+        ) from exc
+    config: dict[str, Any] = {}
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        import yaml  # PyYAML ships with omegaconf
+
+        config = flatten(yaml.safe_load(config_path.read_text()) or {})
+    return RunRecord(str(dataset), str(category), str(run), "done", run_dir, metrics, config)
+
+
+def find_runs(root: str | Path) -> list[RunRecord]:
+    """Every finished run under ``root`` (any depth), skipping ``_reports`` and other ``_``-prefixed folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise URDError(f"results folder {root} does not exist; pass the folder training wrote (e.g. results/mvtec).")
+    found = []
+    for path in sorted(root.rglob("metrics.json")):
+        if any(part.startswith("_") for part in path.relative_to(root).parts[:-1]):
+            continue
+        found.append(read_run(path.parent))
+    return found
+
+
+def group_runs(records: list[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    """Group records by (dataset, run)."""
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.dataset, record.run)].append(record)
+    return dict(groups)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _row(name: str, cells: list[str]) -> str:
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def _mean(records: list[RunRecord], key: str, section: str) -> float | None:
+    values = [r.metrics[section][key] for r in records if key in r.metrics.get(section, {})]
+    return sum(values) / len(values) if values and len(values) == len(records) else None
+
+
+def markdown_table(dataset: str, run: str, records: list[RunRecord], expected: list[str] | None = None) -> str:
+    """The results table: one row per category (community order), mean, paper means and the difference.
+
+    Args:
+        dataset: Benchmark name (selects the category order and the paper's means).
+        run: Run name, for the title.
+        records: Records of this (dataset, run); any status.
+        expected: Categories that should be there; those without a finished record are listed as missing.
+
+    Returns:
+        Markdown text, values in percent with one decimal as the paper prints them.
+    """
+    done = {r.category: r for r in records if r.status == "done"}
+    others = {r.category: r for r in records if r.status != "done"}
+    categories = order_categories(dataset, list(expected or []) + [r.category for r in records])
+    title = f"## URD on {dataset} — run `{run}` (final iteration)"
+    lines = [title, "", _row("category", list(TABLE_COLUMNS.values())), "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
+    for cat in categories:
+        if cat in done:
+            final = done[cat].metrics.get("final", {})
+            lines.append(_row(cat, [_fmt(final.get(key)) for key in TABLE_COLUMNS]))
+        else:
+            status = others[cat].status if cat in others else "missing"
+            lines.append(_row(f"{cat} ({status})", ["—"] * len(TABLE_COLUMNS)))
+    finished = [done[c] for c in categories if c in done]
+    complete = len(finished) == len(categories) and bool(finished)
+    means = {key: _mean(finished, key, "final") for key in TABLE_COLUMNS}
+    lines.append(_row(f"**mean** ({len(finished)}/{len(categories)})", [_fmt(v) for v in means.values()]))
+    if any("oracle" in r.metrics for r in finished):
+        oracle = [_fmt(_mean(finished, key, "oracle")) for key in TABLE_COLUMNS]
+        lines.append(_row("oracle mean (best test evaluation)", oracle))
+    paper = PAPER_MEANS.get(dataset)
+    if paper:
+        lines.append(_row("paper mean", [_fmt(paper.get(key)) for key in TABLE_COLUMNS]))
+        if complete:
+            diffs = [
+                "—" if means[k] is None or k not in paper else f"{100 * (means[k] - paper[k]):+.1f}"
+                for k in TABLE_COLUMNS
+            ]
+            lines.append(_row("Δ mean − paper", diffs))
+    lines.append("")
+    missing = [c for c in categories if c not in done]
+    if missing:
+        lines.append(f"Missing ({len(missing)}): " + ", ".join(missing) + ". The mean covers finished categories only;")
+        lines.append("no difference to the paper is shown until every category has finished.")
+        for cat in missing:
+            if cat in others and others[cat].error:
+                lines.append(f"- {cat}: {others[cat].status}: {others[cat].error}")
+        lines.append("")
+    if paper:
+        lines.append(f"Paper row: {PAPER_SOURCE}.")
+        lines += [f"- {caveat}" for caveat in PAPER_CAVEATS]
+    else:
+        lines.append(f"The paper publishes no numbers for {dataset}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(records: list[RunRecord], path: str | Path) -> Path:
+    """One row per record: identity, final metrics, ``oracle_*`` metrics, durations, steps, then ``config.*``."""
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"dataset": r.dataset, "category": r.category, "run": r.run, "status": r.status}
+        row.update(r.metrics.get("final", {}))
+        row.update({f"oracle_{k}": v for k, v in r.metrics.get("oracle", {}).items()})
+        row.update({k: v for k, v in r.metrics.get("durations", {}).items()})
+        row.update({k: r.metrics[k] for k in ("steps", "injection") if k in r.metrics})
+        row.update({f"config.{k}": v for k, v in r.config.items()})
+        row["error"] = r.error
+        rows.append(row)
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    columns = [c for c in columns if not c.startswith("config.") and c != "error"]
+    columns += sorted({c for row in rows for c in row if c.startswith("config.")}) + ["error"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_report(
+    dataset: str,
+    run: str,
+    records: list[RunRecord],
+    out_dir: str | Path,
+    expected: list[str] | None = None,
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Write results.csv, results.md and (optionally) the plots for one (dataset, run); returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    order = order_categories(dataset, list(expected or []) + [r.category for r in records])
+    records = sorted(records, key=lambda r: order.index(r.category))
+    paths = {"csv": write_csv(records, out / "results.csv"), "markdown": out / "results.md"}
+    paths["markdown"].write_text(markdown_table(dataset, run, records, expected))
+    if plots:
+        from urd_lightning.report_plots import write_plots
+
+        paths.update(write_plots(dataset, run, [r for r in records if r.status == "done"], out))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``report DIR [--out DIR] [--no-plots]``: tables and plots for every (dataset, run) under DIR."""
+    parser = argparse.ArgumentParser(prog="python -m urd_lightning report", description=main.__doc__)
+    parser.add_argument("results", help="a results folder: results/, results/<dataset> or one run folder")
+    parser.add_argument("--out", help="where to write (default: <dataset folder>/_reports/<run>)")
+    parser.add_argument("--no-plots", action="store_true", help="only the CSV and markdown table")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    groups = group_runs(find_runs(args.results))
+    if not groups:
+        raise URDError(f"no metrics.json under {args.results}; train first (python -m urd_lightning train ...).")
+    for (dataset, run), records in sorted(groups.items()):
+        if args.out:
+            out = Path(args.out) / (f"{dataset}-{run}" if len(groups) > 1 else "")
+        else:
+            out = records[0].path.parent.parent / REPORTS_DIRNAME / run  # results/<dataset>/_reports/<run>
+        paths = write_report(dataset, run, records, out, plots=not args.no_plots)
+        log.info("%s", paths["markdown"].read_text())
+        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return 0
