@@ -1,0 +1,269 @@
+"""Typed configuration: the schema, loading with overrides, and ``print-config``.
+
+Layers, later wins: ``configs/default.yaml`` ← ``configs/data/<dataset>.yaml`` (its ``data:`` block, optional
+``model:``/``trainer:`` blocks, and the ``categories:`` table of the authors' per-category budgets, urd-method.md §5)
+← optional ``configs/experiment/<name>.yaml`` ← ``key=value`` dotlist (the form W&B's ``${args_no_hyphens}`` gives).
+Loading is pure — the same argv gives the same config on every DDP rank, so no timestamps or prompts here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from urd_lightning.errors import ConfigError
+
+CONFIG_DIR = Path(os.environ.get("URD_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "wide_resnet50_2.tv_in1k"
+    pretrained: bool = True
+    checkpoint: Optional[str] = None
+    injection: str = "concat"
+    expert: bool = True
+    train_teacher: bool = True
+    xavier_init: bool = True
+
+
+@dataclass
+class DataConfig:
+    benchmark: str = "mvtec"
+    root: str = "datasets/mvtec"
+    category: str = "bottle"
+    image_size: int = 256
+    train_batch_size: int = 16
+    eval_batch_size: int = 16
+    num_workers: int = 4
+    synthesis: bool = True
+    dtd_root: Optional[str] = None
+    foreground: str = "auto"
+    seed: int = 111
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Optional[str] = None
+    max_steps: int = 5000
+    sync_batchnorm: bool = False
+    deterministic: Any = False
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    limit_test_batches: Any = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr_teacher: float = 1e-4
+    lr_student: float = 5e-3
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+
+
+@dataclass
+class EvalConfig:
+    every_n_steps: int = 0
+    num_samples: int = 8
+
+
+@dataclass
+class WandbConfig:
+    project: str = "urd-lightning"
+    entity: Optional[str] = None
+    mode: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    dataset: str = "mvtec"
+    experiment: Optional[str] = None
+    run: Optional[str] = None
+    output_dir: str = "results"
+    seed: int = 111
+    loss_variant: str = "head"
+    channels_last: Optional[bool] = None
+    checkpoint_every_n_steps: int = 1000
+    resume: Optional[str] = None
+    ckpt: Optional[str] = None
+    logger: str = "wandb"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES = {
+    "logger": ("wandb", "csv", "none"),
+    "loss_variant": ("head", "first_commit"),
+    "model.injection": ("concat", "gii", "none"),
+}
+
+
+def _schema_keys(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        out[full] = node[key]
+        if isinstance(node[key], DictConfig):
+            out.update(_schema_keys(node[key], full + "."))
+    return out
+
+
+def _check_keys(values: dict[str, Any], schema: DictConfig, source: str, prefix: str = "") -> None:
+    """Raise ConfigError for the first key of ``values`` that the schema lacks, with the closest valid keys."""
+    valid = _schema_keys(schema)
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if full not in valid:
+            close = difflib.get_close_matches(full, list(valid), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key '{full}' in {source}.{hint} Valid keys are listed by `print-config`.")
+        if isinstance(value, dict) and isinstance(valid[full], DictConfig):
+            _check_keys(value, schema, source, full + ".")
+
+
+def _read_yaml(path: Path, what: str, options: list[str]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"no {what} config {path}; choose one of: {', '.join(sorted(options)) or '(none found)'}")
+    loaded = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys, not {type(loaded).__name__}")
+    return loaded
+
+
+def _dotlist(argv: list[str]) -> dict[str, Any]:
+    for item in argv:
+        if "=" not in item or item.startswith("-"):
+            raise ConfigError(f"argument {item!r} is not of the form key=value (e.g. data.category=bottle)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse command-line overrides {argv}: {exc}") from exc
+
+
+def _merge(cfg: DictConfig, values: dict[str, Any], source: str) -> DictConfig:
+    _check_keys(values, cfg, source)
+    try:
+        return OmegaConf.merge(cfg, values)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or "?"
+        msg = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"invalid value for '{key}' in {source}: {msg}") from exc
+
+
+def _has(values: dict[str, Any], dotted: str) -> bool:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A deterministic run name: ``<injection>-s<seed>-<hash of the resolved config>`` (same on every rank)."""
+    if cfg.run:
+        return str(cfg.run)
+    if os.environ.get("URD_RUN"):
+        return os.environ["URD_RUN"]
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    for volatile in ("run", "resume", "ckpt", "output_dir"):
+        plain.pop(volatile, None)
+    digest = hashlib.sha1(repr(sorted(_flatten(plain).items())).encode()).hexdigest()[:8]
+    return f"{cfg.model.injection}-s{cfg.seed}-{digest}"
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_config(argv: list[str] | None = None, config_dir: Path | str | None = None) -> DictConfig:
+    """Build the validated config from the layered YAML files and ``key=value`` overrides.
+
+    Args:
+        argv: dotlist overrides such as ``["dataset=visa", "data.category=pcb1", "trainer.max_steps=10"]``.
+        config_dir: folder holding ``default.yaml``, ``data/`` and ``experiment/`` (default: the repo's ``configs``).
+
+    Returns:
+        A struct-mode DictConfig of :class:`Config`, with ``run`` filled in.
+
+    Raises:
+        ConfigError: unknown key (with the closest valid ones), bad value, unknown dataset/experiment/category.
+    """
+    root = Path(config_dir) if config_dir is not None else CONFIG_DIR
+    overrides = _dotlist(list(argv or []))
+    cfg: DictConfig = OmegaConf.structured(Config)
+    default = root / "default.yaml"
+    if default.is_file():
+        cfg = _merge(cfg, _read_yaml(default, "default", []), str(default))
+    dataset = str(overrides.get("dataset", cfg.dataset))
+    datasets = [p.stem for p in (root / "data").glob("*.yaml")]
+    data_file = _read_yaml(root / "data" / f"{dataset}.yaml", "dataset", datasets)
+    categories = data_file.pop("categories", None) or {}
+    cfg = _merge(cfg, {**data_file, "dataset": dataset}, str(root / "data" / f"{dataset}.yaml"))
+    experiment = overrides.get("experiment", cfg.experiment)
+    user: dict[str, Any] = {}
+    if experiment:
+        exp_path = root / "experiment" / f"{experiment}.yaml"
+        user = _read_yaml(exp_path, "experiment", [p.stem for p in (root / "experiment").glob("*.yaml")])
+        cfg = _merge(cfg, {**user, "experiment": experiment}, str(exp_path))
+    cfg = _merge(cfg, overrides, "the command line")
+    user = OmegaConf.to_container(OmegaConf.merge(user, overrides))  # type: ignore[assignment]
+    if categories:
+        category = str(cfg.data.category)
+        if category not in categories:
+            raise ConfigError(
+                f"unknown category '{category}' for dataset '{dataset}'; valid: {', '.join(map(str, categories))}"
+            )
+        # The authors' per-category iteration budget and foreground method (urd-method.md §4-5), unless overridden.
+        chosen = categories[category] or {}
+        if "max_steps" in chosen and not _has(user, "trainer.max_steps"):
+            cfg.trainer.max_steps = int(chosen["max_steps"])
+        if "foreground" in chosen and not _has(user, "data.foreground"):
+            cfg.data.foreground = str(chosen["foreground"])
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"'{key}={value}' is not valid; choose one of: {', '.join(allowed)}")
+    if not cfg.model.expert and cfg.model.train_teacher:
+        # Without the expert there is nothing to train the teacher against (design.md, models).
+        cfg.model.train_teacher = False
+    cfg.run = run_name(cfg)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig | ListConfig) -> str:
+    """The resolved config as YAML text."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def print_config_main(argv: list[str]) -> int:
+    """``python -m urd_lightning print-config [key=value ...]``: show the resolved config."""
+    if any(a in {"-h", "--help"} for a in argv):
+        print(__doc__.strip() + "\n\nusage: python -m urd_lightning print-config [key=value ...]\n")
+        argv = [a for a in argv if a not in {"-h", "--help"}]
+    sys.stdout.write(to_yaml(load_config(argv)))
+    return 0
