@@ -6,3 +6,46 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm otherwise retries the hub for ~48 s when offline
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+# --- dataset fixtures (data side, issue 3): tiny trees in every benchmark's real layout, written once per session ---
+import pytest  # noqa: E402
+
+from helpers import datasets as _fake  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fake_roots(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """case name -> dataset root, one tree per ``helpers.datasets.CASES`` writer (shared roots written once)."""
+    roots: dict = {}
+    written: dict = {}
+    for case, (writer, *_rest) in _fake.CASES.items():
+        if writer not in written:
+            written[writer] = writer(tmp_path_factory.mktemp(writer.__name__.removeprefix("write_")))
+        roots[case] = written[writer]
+    return roots
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(fake_roots: dict):
+    return fake_roots["mvtec"]
+
+
+@pytest.fixture(scope="session")
+def visa_root(fake_roots: dict):
+    return fake_roots["visa"]
+
+
+@pytest.fixture(scope="session")
+def btad_root(fake_roots: dict):
+    return fake_roots["btad"]
+
+
+@pytest.fixture(scope="session")
+def mpdd_root(fake_roots: dict):
+    return fake_roots["mpdd"]
+
+
+@pytest.fixture(scope="session")
+def folder_root(fake_roots: dict):
+    return fake_roots["folder"]

@@ -1,0 +1,197 @@
+"""Where each benchmark keeps its files: one small index function per on-disk layout.
+
+Every function has the signature ``index_<benchmark>(root, category, split, **options) -> list[Sample]`` and only
+lists files; reading and validating them is ``check.py``'s job. Layouts and quirks (``docs/design.md``, data):
+
+- MVTec AD / MPDD / demo: ``<root>/<category>/train/good``, ``test/<defect>|good``,
+  ``ground_truth/<defect>/<stem>_mask.png``.
+- VisA: the official release (``<root>/<category>/Data/Images/{Normal,Anomaly}``, ``<root>/split_csv/1cls.csv``)
+  or the MVTec-like converted layout (``test/bad``, ``ground_truth/bad/<stem>.png``), also under ``visa_pytorch/``.
+- BTAD: ``train/ok``, ``test/ok|ko``, ``ground_truth/ko``; images and masks differ in extension (bmp/png): pair by stem.
+- Folder: the user's own directories (normal, optional abnormal, masks, normal-test).
+Label 0 = normal, 1 = anomalous, as the community uses them (ecosystem.md section 5).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from urd_lightning.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})  # compared lower-case: VisA has .JPG
+NORMAL_DIRS = frozenset({"good", "ok"})  # MVTec/MPDD/VisA-converted say "good", BTAD says "ok"
+SPLITS = ("train", "test")
+
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "mvtec": ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
+              "tile", "toothbrush", "transistor", "wood", "zipper"),
+    "visa": ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
+             "pcb4", "pipe_fryum"),
+    "btad": ("01", "02", "03"),
+    "mpdd": ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
+    "demo": ("weave", "disc"),
+    "folder": (),  # any name: it only labels the results folder
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: where it is, its mask (None for normal images) and its label."""
+
+    image_path: str
+    mask_path: str | None
+    label: int  # 0 normal, 1 anomalous
+    defect_type: str  # "good" for normal images, else the defect folder name
+
+
+def list_images(directory: Path) -> list[Path]:
+    """Image files directly in ``directory`` (any case of extension), sorted by name; [] if it does not exist."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def find_mask(mask_dir: Path, stem: str) -> Path | None:
+    """The mask of image ``stem`` in ``mask_dir``: ``<stem>_mask.*`` (MVTec) or ``<stem>.*`` (VisA, BTAD)."""
+    by_stem = {p.stem: p for p in list_images(mask_dir)}
+    return by_stem.get(f"{stem}_mask") or by_stem.get(stem)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {SPLITS}")
+
+
+def category_dir(root: Path, category: str, benchmark: str) -> Path:
+    """``<root>/<category>``, or a DataError that names the expected tree."""
+    known = CATEGORIES.get(benchmark, ())
+    if known and category not in known:
+        raise DataError(f"unknown category {category!r} for {benchmark}; known: {', '.join(known)}")
+    path = Path(root) / category
+    if not path.is_dir():
+        raise DataError(
+            f"{path} does not exist: expected {benchmark} data as {root}/{category}/train/good, "
+            f"{root}/{category}/test/<defect>. Get it with 'python -m urd_lightning data download {benchmark} "
+            f"--root {root}' or set data.root."
+        )
+    return path
+
+
+def index_mvtec_layout(root: str | Path, category: str, split: str, benchmark: str = "mvtec") -> list[Sample]:
+    """MVTec-style tree (MVTec AD, MPDD, BTAD, converted VisA, demo)."""
+    _check_split(split)
+    base = category_dir(Path(root), category, benchmark)
+    if split == "train":
+        normal = next((base / "train" / d for d in sorted(NORMAL_DIRS) if (base / "train" / d).is_dir()), None)
+        return [Sample(str(p), None, 0, "good") for p in list_images(normal)] if normal else []
+    samples: list[Sample] = []
+    test_dir = base / "test"
+    for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []:
+        if defect_dir.name in NORMAL_DIRS:
+            samples += [Sample(str(p), None, 0, "good") for p in list_images(defect_dir)]
+            continue
+        mask_dir = base / "ground_truth" / defect_dir.name
+        for image in list_images(defect_dir):
+            mask = find_mask(mask_dir, image.stem)
+            samples.append(Sample(str(image), str(mask) if mask else None, 1, defect_dir.name))
+    return samples
+
+
+def index_mvtec(root: str | Path, category: str, split: str) -> list[Sample]:
+    """MVTec AD (some categories are grayscale PNGs; the reader makes them RGB)."""
+    return index_mvtec_layout(root, category, split, "mvtec")
+
+
+def index_mpdd(root: str | Path, category: str, split: str) -> list[Sample]:
+    """MPDD: the MVTec layout, six categories."""
+    return index_mvtec_layout(root, category, split, "mpdd")
+
+
+def index_btad(root: str | Path, category: str, split: str) -> list[Sample]:
+    """BTAD: ``ok``/``ko`` folders, masks paired with images by stem whatever the extensions."""
+    return index_mvtec_layout(root, category, split, "btad")
+
+
+def index_demo(root: str | Path, category: str, split: str) -> list[Sample]:
+    """The embedded demo dataset (``data/demo.py``), MVTec layout."""
+    return index_mvtec_layout(root, category, split, "demo")
+
+
+def index_visa(root: str | Path, category: str, split: str) -> list[Sample]:
+    """VisA from the official release (split_csv/1cls.csv) or from the MVTec-like converted layout."""
+    _check_split(split)
+    root = Path(root)
+    split_csv = root / "split_csv" / "1cls.csv"
+    if split_csv.is_file() and (root / category / "Data").is_dir():
+        return _index_visa_official(root, category, split, split_csv)
+    if not (root / category).is_dir() and (root / "visa_pytorch" / category).is_dir():
+        root = root / "visa_pytorch"  # the converted tree anomalib writes next to the release
+    return index_mvtec_layout(root, category, split, "visa")
+
+
+def _index_visa_official(root: Path, category: str, split: str, split_csv: Path) -> list[Sample]:
+    if category not in CATEGORIES["visa"]:
+        raise DataError(f"unknown category {category!r} for visa; known: {', '.join(CATEGORIES['visa'])}")
+    samples = []
+    with split_csv.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):  # columns: object, split, label, image, mask
+            if row.get("object") != category or row.get("split") != split:
+                continue
+            anomalous = row.get("label", "").strip().lower() != "normal"
+            mask = (row.get("mask") or "").strip()
+            samples.append(Sample(str(root / row["image"]), str(root / mask) if anomalous and mask else None,
+                                  int(anomalous), "bad" if anomalous else "good"))
+    return sorted(samples, key=lambda s: s.image_path)
+
+
+def index_folder(root: str | Path, category: str, split: str, normal_dir: str = "good",
+                 abnormal_dir: str | None = None, mask_dir: str | None = None, normal_test_dir: str | None = None,
+                 normal_split_ratio: float = 0.2) -> list[Sample]:
+    """The user's own images; directories are relative to ``root``.
+
+    Without ``normal_test_dir``, every k-th normal image (k = round(1 / normal_split_ratio)) goes to test, a
+    split that is deterministic and does not depend on any seed.
+    """
+    _check_split(split)
+    root = Path(root)
+    normal = list_images(root / normal_dir)
+    if not normal and split == "train":
+        raise DataError(f"no images in {root / normal_dir} (data.normal_dir): put the normal training images there")
+    if normal_test_dir:
+        train_normal, test_normal = normal, list_images(root / normal_test_dir)
+    elif normal_split_ratio > 0:
+        step = max(2, round(1 / normal_split_ratio))
+        test_normal = normal[step - 1::step]
+        train_normal = [p for p in normal if p not in set(test_normal)]
+    else:
+        train_normal, test_normal = normal, []
+    if split == "train":
+        return [Sample(str(p), None, 0, "good") for p in train_normal]
+    samples = [Sample(str(p), None, 0, "good") for p in test_normal]
+    if abnormal_dir:
+        for image in list_images(root / abnormal_dir):
+            mask = find_mask(root / mask_dir, image.stem) if mask_dir else None
+            samples.append(Sample(str(image), str(mask) if mask else None, 1, Path(abnormal_dir).name))
+    return samples
+
+
+BENCHMARKS: dict[str, Callable[..., list[Sample]]] = {
+    "mvtec": index_mvtec,
+    "visa": index_visa,
+    "btad": index_btad,
+    "mpdd": index_mpdd,
+    "folder": index_folder,
+    "demo": index_demo,
+}
+
+
+def index(benchmark: str, root: str | Path, category: str, split: str, **options: object) -> list[Sample]:
+    """Dispatch to ``BENCHMARKS[benchmark]``; ``options`` are the folder benchmark's directory keys."""
+    if benchmark not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {benchmark!r} (data.benchmark); use one of {', '.join(BENCHMARKS)}")
+    if benchmark == "folder":
+        return index_folder(root, category, split, **options)  # type: ignore[arg-type]
+    return BENCHMARKS[benchmark](root, category, split)

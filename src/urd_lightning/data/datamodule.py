@@ -1,0 +1,170 @@
+"""``AnomalyDataModule``: every benchmark through one LightningDataModule (``docs/design.md``, data).
+
+Benchmark-specific code lives only in the index functions of ``benchmarks.py``; per-category settings (foreground
+method, iteration budget) live in ``configs/data/<benchmark>.yaml``. The validation loader is the TEST set, used for
+periodic evaluation as the authors do (urd-method.md section 5); there is no separate validation split.
+
+Loaders are built here and only here, including under DDP (the trainer runs with ``use_distributed_sampler=False``):
+training uses ``TrainSampler`` (seed + epoch shuffle, equal step counts per rank), evaluation uses ``ShardSampler``
+(rank r gets r, r + world, ...; no padding, so metrics count every test image exactly once).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from urd_lightning.data.benchmarks import BENCHMARKS, index
+from urd_lightning.data.check import check_dataset, raise_on_problems
+from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
+from urd_lightning.data.foreground import METHODS, foreground_masks
+from urd_lightning.data.synthesis import make_texture_source
+from urd_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "data"
+
+
+def benchmark_config(benchmark: str) -> dict[str, Any]:
+    """``configs/data/<benchmark>.yaml`` as a plain dict (the ``data:`` and ``categories:`` blocks)."""
+    path = CONFIG_DIR / f"{benchmark}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: pass data.root, data.category and data.foreground explicitly")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
+def resolve_foreground(benchmark: str, category: str, foreground: str) -> str:
+    """``"auto"`` → the category's method from the benchmark's YAML (``none`` when the category is not listed)."""
+    if foreground != "auto":
+        if foreground not in METHODS:
+            raise ConfigError(f"data.foreground={foreground!r}: use auto, {', '.join(METHODS)}")
+        return foreground
+    categories = benchmark_config(benchmark).get("categories") or {}
+    return str((categories.get(category) or {}).get("foreground", "none"))
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)  # each loader worker is one process already; cv2's own threads would oversubscribe
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Train / validation (= test) / test loaders for one (benchmark, category).
+
+    Args:
+        benchmark: ``mvtec``, ``visa``, ``btad``, ``mpdd``, ``folder`` or ``demo``.
+        root: dataset root; None takes ``data.root`` from the benchmark's YAML.
+        category: category name; None takes ``data.category`` from the YAML.
+        image_size: square model input size (the authors: 256).
+        train_batch_size: training batch size per process (the authors: 16).
+        eval_batch_size: evaluation batch size per process.
+        num_workers: loader processes.
+        synthesis: make synthetic anomalies for training (False for RD4AD: ``aug_image`` is the image).
+        dtd_root: DTD folder for anomaly textures; None uses the procedural source (differs from the paper).
+        foreground: ``auto`` (per category, from the YAML), ``none``, ``otsu`` or ``grabcut``.
+        seed: seed of the shuffle and of the synthesis.
+        cache_dir: where foreground masks are cached.
+        augment: random flips of training images (off: the authors use none).
+        check: check the data (as ``data check``) in ``setup`` and stop with every problem found.
+        normal_dir, abnormal_dir, mask_dir, normal_test_dir, normal_split_ratio: the folder benchmark's layout,
+            relative to ``root`` (see ``benchmarks.index_folder``).
+    """
+
+    def __init__(self, benchmark: str = "demo", root: str | None = None, category: str | None = None,
+                 image_size: int = 256, train_batch_size: int = 16, eval_batch_size: int = 16, num_workers: int = 4,
+                 synthesis: bool = True, dtd_root: str | None = None, foreground: str = "auto", seed: int = 111,
+                 cache_dir: str = ".cache/urd/foreground", augment: bool = False, check: bool = True,
+                 normal_dir: str = "good", abnormal_dir: str | None = None, mask_dir: str | None = None,
+                 normal_test_dir: str | None = None, normal_split_ratio: float = 0.2) -> None:
+        super().__init__()
+        if benchmark not in BENCHMARKS:
+            raise ConfigError(f"data.benchmark={benchmark!r}: use one of {', '.join(BENCHMARKS)}")
+        defaults = benchmark_config(benchmark).get("data", {}) if root is None or category is None else {}
+        self.benchmark = benchmark
+        self.root = str(root if root is not None else defaults.get("root"))
+        self.category = str(category if category is not None else defaults.get("category"))
+        self.image_size, self.seed = image_size, seed
+        self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
+        self.synthesis, self.dtd_root, self.augment, self.check = synthesis, dtd_root, augment, check
+        self.foreground = resolve_foreground(benchmark, self.category, foreground)
+        self.cache_dir = cache_dir
+        self.folder_options: dict[str, Any] = {}
+        if benchmark == "folder":
+            self.folder_options = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "mask_dir": mask_dir,
+                                   "normal_test_dir": normal_test_dir, "normal_split_ratio": normal_split_ratio}
+        self.train_data: AnomalyDataset | None = None
+        self.test_data: AnomalyDataset | None = None
+        self._train_sampler: TrainSampler | None = None
+        self._epoch = 0
+
+    def prepare_data(self) -> None:
+        """Generate the embedded demo dataset when it is missing or outdated (no download ever happens here)."""
+        if self.benchmark == "demo":
+            from urd_lightning.data.demo import ensure_demo
+
+            ensure_demo(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index and check the data, compute foreground masks, build the datasets."""
+        if self.train_data is not None:
+            return
+        if self.benchmark == "demo":
+            self.prepare_data()  # idempotent: covers direct use without a Trainer
+        if self.check:
+            raise_on_problems(check_dataset(self.benchmark, self.root, self.category, **self.folder_options))
+        train = index(self.benchmark, self.root, self.category, "train", **self.folder_options)
+        test = index(self.benchmark, self.root, self.category, "test", **self.folder_options)
+        source = make_texture_source(self.dtd_root) if self.synthesis else None
+        foregrounds = None
+        if self.synthesis and self.foreground != "none":
+            foregrounds = foreground_masks([s.image_path for s in train], self.foreground, self.image_size,
+                                           self.cache_dir)
+        self.train_data = AnomalyDataset(train, self.image_size, train=True, source=source, foregrounds=foregrounds,
+                                         seed=self.seed, augment=self.augment)
+        self.test_data = AnomalyDataset(test, self.image_size, train=False)
+        log.info("%s/%s: %d train, %d test images (foreground: %s)", self.benchmark, self.category, len(train),
+                 len(test), self.foreground)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the shuffle and synthesis of ``epoch`` (the LightningModule calls it at each train epoch start)."""
+        self._epoch = epoch
+        if self._train_sampler is not None:
+            self._train_sampler.set_epoch(epoch)
+
+    def _loader(self, dataset: AnomalyDataset | None, batch_size: int, sampler: Any) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), drop_last=False,  # authors keep the last batch
+                          persistent_workers=self.num_workers > 0, worker_init_fn=_worker_init)
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches: ``image``, ``aug_image``, ``aug_mask``, ``index``."""
+        assert self.train_data is not None, "call setup() first"
+        rank, world = _dist_rank_world()
+        self._train_sampler = TrainSampler(len(self.train_data), self.seed, shuffle=True, rank=rank, world_size=world)
+        self._train_sampler.set_epoch(self._epoch)
+        return self._loader(self.train_data, self.train_batch_size, self._train_sampler)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches: ``image``, ``gt_mask``, ``gt_label``, ``image_path``, ``defect_type``, ``index``."""
+        assert self.test_data is not None, "call setup() first"
+        rank, world = _dist_rank_world()
+        return self._loader(self.test_data, self.eval_batch_size, ShardSampler(len(self.test_data), rank, world))
+
+    def val_dataloader(self) -> DataLoader:
+        """The TEST set, for periodic evaluation (the authors evaluate on test after every epoch)."""
+        return self.test_dataloader()
