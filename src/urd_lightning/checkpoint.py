@@ -1,0 +1,224 @@
+"""Safe loading of urd-lightning checkpoints for inference and export (issue 6).
+
+A checkpoint is the Lightning file ``URDModule`` writes (``docs/design.md``, "checkpoints"): the network's weights
+under the ``model.`` prefix of ``state_dict`` and, under ``checkpoint["urd_lightning"]``, plain-Python extras
+(URD kwargs, image size, thresholds, score statistics). Loading never needs Lightning or the ``URDModule`` class:
+
+1. ``torch.load(weights_only=True)`` — no arbitrary code runs while unpickling. Only a user who trusts a file
+   can opt out (``trust_checkpoint=True``), and the error says so.
+2. The extras are validated; a file that is not one of ours, or is truncated, raises :class:`CheckpointError`
+   before anything else happens.
+3. ``URD(**extras["model"])`` is rebuilt with ``pretrained=False`` (the weights come from the file, the hub is
+   never touched) and without the expert, which URD uses only during training (method reference §1.1).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from urd_lightning.errors import CheckpointError
+
+EXTRAS_KEY = "urd_lightning"
+MODEL_PREFIX = "model."
+_REQUIRED_EXTRAS = ("model", "image_size")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What inference needs to know about a checkpoint besides its weights.
+
+    Attributes:
+        path: the file it was read from.
+        version: urd-lightning version that wrote it.
+        model_kwargs: the ``URD(...)`` arguments it was trained with.
+        image_size: the square side the model was trained and evaluated at.
+        dataset: benchmark name, e.g. ``mvtec``.
+        category: category name, e.g. ``bottle``.
+        thresholds: ``{"image", "pixel", "source"}`` F1-optimal thresholds, or ``None`` when training did not
+            evaluate.
+        score_stats: ``{"image_min", "image_max", "pixel_min", "pixel_max"}`` on the same set, or ``None``.
+    """
+
+    path: Path
+    version: str
+    model_kwargs: dict[str, Any]
+    image_size: int
+    dataset: str
+    category: str
+    thresholds: dict[str, Any] | None
+    score_stats: dict[str, float] | None
+
+
+def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path} holds Python objects that safe loading (torch.load(weights_only=True)) refuses. "
+                "If you trust where this file came from, pass trust_checkpoint=true to load it anyway."
+            ) from exc
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - see below
+        # Damaged bytes surface as whatever the unpickler trips on (RuntimeError "failed finding central
+        # directory" for a truncated zip, EOFError, IndexError, UnicodeDecodeError...): all mean "this file is
+        # damaged", which is what the user must hear, naming the file.
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _validate_extras(path: Path, checkpoint: Any) -> dict[str, Any]:
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'). Give the .ckpt that "
+            "training wrote, e.g. results/<dataset>/<category>/<run>/checkpoints/last.ckpt."
+        )
+    extras = checkpoint.get(EXTRAS_KEY)
+    if not isinstance(extras, dict):
+        raise CheckpointError(
+            f"{path} is a Lightning checkpoint but not one of urd-lightning's: it has no '{EXTRAS_KEY}' entry "
+            "(written by URDModule.on_save_checkpoint). Retrain with this package, or, for the authors' "
+            "checkpoint, use urd_lightning.models.load_authors_checkpoint."
+        )
+    missing = [key for key in _REQUIRED_EXTRAS if key not in extras]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] lacks {missing}; the file is incomplete.")
+    if not isinstance(extras["model"], dict) or not isinstance(extras["image_size"], int):
+        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] has a malformed 'model' or 'image_size'.")
+    return extras
+
+
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """Read and validate a checkpoint without building the network.
+
+    Args:
+        path: a ``.ckpt`` written by urd-lightning training.
+        trust_checkpoint: load with ``weights_only=False`` (runs pickled code: only for files you trust).
+
+    Returns:
+        The network's weights (``model.`` prefix removed) and the checkpoint's :class:`CheckpointInfo`.
+
+    Raises:
+        CheckpointError: missing, truncated, unsafe or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=PATH to a .ckpt written by training")
+    checkpoint = _torch_load(path, trust_checkpoint)
+    extras = _validate_extras(path, checkpoint)
+    state = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    if not state:
+        raise CheckpointError(f"{path}: 'state_dict' has no '{MODEL_PREFIX}*' weights; the file is incomplete.")
+    info = CheckpointInfo(
+        path=path,
+        version=str(extras.get("version", "unknown")),
+        model_kwargs=dict(extras["model"]),
+        image_size=int(extras["image_size"]),
+        dataset=str(extras.get("dataset", "unknown")),
+        category=str(extras.get("category", "unknown")),
+        thresholds=dict(extras["thresholds"]) if extras.get("thresholds") else None,
+        score_stats=dict(extras["score_stats"]) if extras.get("score_stats") else None,
+    )
+    return state, info
+
+
+def build_inference_model(state: dict[str, torch.Tensor], info: CheckpointInfo) -> nn.Module:
+    """Rebuild the URD network from a checkpoint's kwargs and weights, in eval mode, without the expert.
+
+    Args:
+        state: weights as returned by :func:`read_checkpoint`.
+        info: the checkpoint's info.
+
+    Returns:
+        ``URD`` in eval mode with ``expert=None``; ``.predict(x)`` gives ``(smoothed map, score)``.
+
+    Raises:
+        CheckpointError: the weights do not fit the architecture the kwargs describe.
+    """
+    from urd_lightning.models import URD  # deferred: importing timm takes seconds, and errors above need none
+
+    # The expert only supervises training; at inference the map compares teacher and student (method §6).
+    # `expert=False` implies `train_teacher=False` (design.md, ablations); neither changes teacher or student.
+    kwargs = {**info.model_kwargs, "pretrained": False, "checkpoint": None, "expert": False, "train_teacher": False}
+    try:
+        model = URD(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{info.path}: cannot rebuild URD from its stored kwargs {info.model_kwargs}: {exc}")
+    weights = {key: value for key, value in state.items() if not key.startswith("expert.")}
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{info.path}: weights do not match URD({info.model_kwargs}): "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]} "
+            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected in all)."
+        )
+    return model.eval()
+
+
+def load_model(path: str | Path, trust_checkpoint: bool = False) -> tuple[nn.Module, CheckpointInfo]:
+    """Load a checkpoint as an inference-ready URD network (eval mode, CPU, no expert).
+
+    Args:
+        path: a ``.ckpt`` written by urd-lightning training.
+        trust_checkpoint: see :func:`read_checkpoint`.
+
+    Returns:
+        The network and the checkpoint's :class:`CheckpointInfo`.
+    """
+    state, info = read_checkpoint(path, trust_checkpoint)
+    return build_inference_model(state, info), info
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    image_size: int,
+    dataset: str = "custom",
+    category: str = "custom",
+    thresholds: dict[str, Any] | None = None,
+    score_stats: dict[str, float] | None = None,
+) -> Path:
+    """Write a plain ``URD`` as a checkpoint that ``predict``, ``export`` and :func:`load_model` read.
+
+    The layout is the one Lightning writes for ``URDModule`` (``docs/design.md``), so a network trained outside
+    this package's training loop can use the same inference path.
+
+    Args:
+        model: a ``URD`` (its ``config`` attribute holds the constructor kwargs).
+        path: file to write.
+        image_size: square input side the model was trained at.
+        dataset: benchmark name, recorded for the user.
+        category: category name, recorded for the user.
+        thresholds: ``{"image", "pixel", "source"}`` raw thresholds, or ``None``.
+        score_stats: ``{"image_min", "image_max", "pixel_min", "pixel_max"}``, or ``None``.
+
+    Returns:
+        The written path.
+    """
+    from urd_lightning import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.state_dict().items()}
+    extras = {
+        "version": __version__,
+        "model": dict(model.config),
+        "image_size": int(image_size),
+        "dataset": dataset,
+        "category": category,
+        "thresholds": dict(thresholds) if thresholds is not None else None,
+        "score_stats": dict(score_stats) if score_stats is not None else None,
+    }
+    torch.save({"state_dict": state, EXTRAS_KEY: extras}, path)
+    return path

@@ -1,0 +1,123 @@
+"""What ``predict`` writes for each image and for the whole run (issue 6).
+
+Per image, at the image's original size: a heatmap overlay PNG (the map drawn with the JET colour map over the
+image, the predicted-mask outline on top) and a binary mask PNG (0/255); at model resolution, the raw smoothed map
+as ``.npy`` float32. Per run: ``results.csv`` (one row per file, unreadable files included with their error) and
+``results.json`` (the same rows plus thresholds, score statistics and the normalisation formula).
+
+The heatmap colour scale is fixed across images so that pictures can be compared: it shows the normalised map
+(pixel threshold at the middle of the scale, see :func:`urd_lightning.inference.normalize_scores`); without score
+statistics it shows ``clamp(raw / (2 · pixel threshold), 0, 1)``, which also puts the threshold at the middle.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+# Weight of the heatmap in the overlay: half and half keeps the defect visible under the colours.
+OVERLAY_ALPHA = 0.5
+CSV_COLUMNS = (
+    "image_path",
+    "status",
+    "pred_score",
+    "pred_label",
+    "decision",
+    "raw_score",
+    "normalized_score",
+    "image_threshold",
+    "width",
+    "height",
+    "overlay_path",
+    "mask_path",
+    "map_path",
+    "error",
+)
+
+
+def heatmap_overlay(image: np.ndarray, display_map: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Blend a [0, 1] map, coloured with JET, over an RGB image and outline the predicted mask.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB.
+        display_map: ``(H, W)`` float in [0, 1], same size as ``image``.
+        mask: optional ``(H, W)`` bool predicted mask whose outline is drawn in white.
+
+    Returns:
+        ``(H, W, 3) uint8`` RGB overlay.
+    """
+    levels = np.clip(np.rint(display_map * 255.0), 0, 255).astype(np.uint8)
+    heat = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    overlay = cv2.addWeighted(image, 1.0 - OVERLAY_ALPHA, heat, OVERLAY_ALPHA, 0.0)
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        thickness = max(1, min(image.shape[:2]) // 200)
+        cv2.drawContours(overlay, contours, -1, (255, 255, 255), thickness)
+    return overlay
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 array as PNG, creating parent folders.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, encoded = cv2.imencode(".png", data)
+    if not ok:
+        raise OSError(f"cannot encode PNG for {path}")
+    encoded.tofile(str(path))  # tofile rather than cv2.imwrite: works with non-ASCII paths on every OS
+
+
+def write_map(path: Path, anomaly_map: np.ndarray) -> None:
+    """Save a raw anomaly map as ``.npy`` float32."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, anomaly_map.astype(np.float32))
+
+
+def output_names(files: list[Path], root: Path | None) -> list[Path]:
+    """Relative output names (``.png``) that keep the input's sub-folders and never collide.
+
+    ``a.png`` and ``a.jpg`` in one folder would both become ``a.png``; such names get the extension appended
+    (``a_png.png``, ``a_jpg.png``).
+
+    Args:
+        files: input files.
+        root: the input folder (names are relative to it), or ``None`` for a single file.
+
+    Returns:
+        One relative path per file, in order.
+    """
+    relative = [f.relative_to(root) if root is not None else Path(f.name) for f in files]
+    stems = [r.with_suffix("") for r in relative]
+    counts: dict[Path, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names = []
+    for rel, stem in zip(relative, stems, strict=True):
+        if counts[stem] > 1:
+            stem = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
+        names.append(stem.with_name(stem.name + ".png"))
+    return names
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the per-image rows as CSV (columns :data:`CSV_COLUMNS`; missing values left empty)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if row.get(key) is None else row[key] for key in CSV_COLUMNS})
+
+
+def write_json(path: Path, summary: dict[str, Any]) -> None:
+    """Write the run summary as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,268 @@
+"""``python -m urd_lightning predict``: score new images with a trained checkpoint (issue 6).
+
+    python -m urd_lightning predict ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt input=photos/ output=out/
+    python -m urd_lightning predict ckpt=last.ckpt input=part.tif output=out/ threshold=0.62 score=normalized
+
+For every image: a raw score (maximum of the σ=4-smoothed anomaly map, method reference §6), its normalised form,
+a decision at the image threshold, the map (``maps/*.npy``, model resolution), a heatmap overlay and a binary mask
+at the original size (``overlays/*.png``, ``masks/*.png``); for the run ``results.csv`` and ``results.json``.
+Images of any size and mode are read by :func:`urd_lightning.data.transforms.read_rgb` and preprocessed exactly as
+in evaluation; files that cannot be read are listed (CSV ``status=unreadable``, JSON ``skipped``) and skipped.
+A broken or foreign checkpoint stops everything before any output is written. See ``docs/inference.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from urd_lightning.data.transforms import read_rgb
+from urd_lightning.errors import ConfigError, DataError
+from urd_lightning.inference import URDInferencer, resize_map
+from urd_lightning.outputs import heatmap_overlay, output_names, write_csv, write_json, write_map, write_png
+
+log = logging.getLogger(__name__)
+
+# Extensions Pillow/OpenCV decode that industrial data sets use (BTAD mixes .bmp and .png, VisA uses .JPG).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+NORMALIZATION_FORMULA = "clamp((raw - threshold) / (max - min) + 0.5, 0, 1)"
+
+# key -> (type, default); None default with no entry in _REQUIRED means "optional".
+PREDICT_KEYS: dict[str, tuple[type, Any]] = {
+    "ckpt": (str, None),
+    "input": (str, None),
+    "output": (str, "predictions"),
+    "threshold": (float, None),
+    "pixel_threshold": (float, None),
+    "score": (str, "raw"),
+    "batch_size": (int, 8),
+    "device": (str, "auto"),
+    "recursive": (bool, True),
+    "save_maps": (bool, True),
+    "progress": (bool, True),
+    "trust_checkpoint": (bool, False),
+}
+_REQUIRED = ("ckpt", "input")
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def parse_key_values(argv: Sequence[str], spec: dict[str, tuple[type, Any]], command: str) -> dict[str, Any]:
+    """Parse ``key=value`` arguments against a typed spec (shared by ``predict`` and ``export``).
+
+    Args:
+        argv: the command's arguments.
+        spec: ``key -> (type, default)``.
+        command: the command's name, for messages.
+
+    Returns:
+        Every key of ``spec`` with its parsed value or default.
+
+    Raises:
+        ConfigError: an argument without ``=``, an unknown key, or a value of the wrong type.
+    """
+    values = {key: default for key, (_, default) in spec.items()}
+    for arg in argv:
+        key, sep, raw = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"{command}: argument {arg!r} is not key=value; keys are {', '.join(spec)}")
+        if key not in spec:
+            raise ConfigError(f"{command}: unknown key {key!r}; valid keys are {', '.join(spec)}")
+        kind = spec[key][0]
+        try:
+            if kind is bool:
+                if raw.lower() not in _TRUE | _FALSE:
+                    raise ValueError(raw)
+                values[key] = raw.lower() in _TRUE
+            else:
+                values[key] = kind(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{command}: {key}={raw!r} is not a valid {kind.__name__}") from exc
+    return values
+
+
+def list_images(source: Path, recursive: bool = True) -> list[Path]:
+    """Image files of a file or folder, sorted; a single named file is returned whatever its extension.
+
+    Raises:
+        DataError: ``source`` does not exist, or a folder holds no image files.
+    """
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"input {source} does not exist: give input=FILE or input=DIR")
+    candidates = source.rglob("*") if recursive else source.glob("*")
+    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"input folder {source} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+def _display_map(normalized: np.ndarray | None, raw: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    if normalized is not None:
+        return normalized
+    return np.clip(raw / max(2.0 * pixel_threshold, 1e-12), 0.0, 1.0)  # threshold at mid-scale, as normalised
+
+
+def _judge_batch(
+    inferencer: URDInferencer, images: list[np.ndarray], names: list[Path], out: Path, score_mode: str, save_maps: bool
+) -> list[dict[str, Any]]:
+    """Predict one batch of decoded images, write their files, return their result rows."""
+    result = inferencer.predict(inferencer.preprocess(images))
+    rows = []
+    for i, (image, name) in enumerate(zip(images, names, strict=True)):
+        height, width = image.shape[:2]
+        raw_map = resize_map(result.anomaly_map[i], height, width)[0].numpy()
+        norm_map = None
+        if result.normalized_map is not None:
+            norm_map = resize_map(result.normalized_map[i], height, width)[0].numpy()
+        mask = raw_map >= inferencer.pixel_threshold
+        write_png(out / "masks" / name, mask.astype(np.uint8) * 255)
+        display = _display_map(norm_map, raw_map, inferencer.pixel_threshold)
+        write_png(out / "overlays" / name, heatmap_overlay(image, display, mask))
+        map_path = None
+        if save_maps:
+            map_path = Path("maps") / name.with_suffix(".npy")
+            write_map(out / map_path, result.anomaly_map[i, 0].numpy())
+        raw = float(result.pred_score[i])
+        normalized = None if result.normalized_score is None else float(result.normalized_score[i])
+        label = bool(result.pred_label[i])
+        rows.append(
+            {
+                "status": "ok",
+                "pred_score": normalized if score_mode == "normalized" else raw,
+                "pred_label": int(label),
+                "decision": "anomalous" if label else "normal",
+                "raw_score": raw,
+                "normalized_score": normalized,
+                "image_threshold": inferencer.image_threshold,
+                "width": width,
+                "height": height,
+                "overlay_path": str(Path("overlays") / name),
+                "mask_path": str(Path("masks") / name),
+                "map_path": None if map_path is None else str(map_path),
+                "error": None,
+            }
+        )
+    return rows
+
+
+def predict(
+    ckpt: str | Path,
+    input: str | Path,  # noqa: A002 - the CLI key users type
+    output: str | Path = "predictions",
+    threshold: float | None = None,
+    pixel_threshold: float | None = None,
+    score: str = "raw",
+    batch_size: int = 8,
+    device: str = "auto",
+    recursive: bool = True,
+    save_maps: bool = True,
+    progress: bool = True,
+    trust_checkpoint: bool = False,
+) -> dict[str, Any]:
+    """Score every image of ``input`` and write the outputs under ``output`` (see the module docstring).
+
+    Args:
+        ckpt: checkpoint written by training.
+        input: an image file or a folder of images.
+        output: folder for the outputs (created).
+        threshold: raw image threshold overriding the checkpoint's.
+        pixel_threshold: raw pixel threshold overriding the checkpoint's.
+        score: ``raw`` or ``normalized``: which score fills the ``pred_score`` column (both are always written).
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        recursive: look into sub-folders of ``input``.
+        save_maps: also write the raw maps as ``.npy``.
+        progress: show a progress bar.
+        trust_checkpoint: allow unsafe (``weights_only=False``) loading of a file you trust.
+
+    Returns:
+        The run summary written to ``results.json``.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, broken, foreign, or has no thresholds and none was given.
+        ConfigError: an invalid option.
+        DataError: ``input`` is missing or holds no images.
+    """
+    if score not in {"raw", "normalized"}:
+        raise ConfigError(f"predict: score={score!r}; use score=raw or score=normalized")
+    if batch_size < 1:
+        raise ConfigError(f"predict: batch_size={batch_size} must be at least 1")
+    inferencer = URDInferencer.from_checkpoint(ckpt, threshold, pixel_threshold, device, trust_checkpoint)
+    if score == "normalized" and inferencer.info.score_stats is None:
+        raise ConfigError(f"predict: {ckpt} stores no score statistics, so score=normalized is unavailable; use raw")
+    source, out = Path(input), Path(output)
+    files = list_images(source, recursive)
+    names = output_names(files, source if source.is_dir() else None)
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
+        for start in range(0, len(files), batch_size):
+            chunk = list(zip(files[start : start + batch_size], names[start : start + batch_size], strict=True))
+            decoded, decoded_names, slots, chunk_rows = [], [], [], []
+            for path, name in chunk:
+                try:
+                    decoded.append(read_rgb(path))
+                except (DataError, cv2.error, ValueError, OSError) as exc:
+                    log.warning("skipping unreadable image %s: %s", path, exc)
+                    chunk_rows.append({"image_path": str(path), "status": "unreadable", "error": str(exc)})
+                    continue
+                decoded_names.append(name)
+                slots.append((len(chunk_rows), path))
+                chunk_rows.append({})
+            if decoded:
+                judged = _judge_batch(inferencer, decoded, decoded_names, out, score, save_maps)
+                for (slot, path), row in zip(slots, judged, strict=True):
+                    chunk_rows[slot] = {"image_path": str(path), **row}
+            rows.extend(chunk_rows)
+            bar.update(len(chunk))
+    ok = [row for row in rows if row["status"] == "ok"]
+    summary = {
+        "checkpoint": str(ckpt),
+        "dataset": inferencer.info.dataset,
+        "category": inferencer.info.category,
+        "image_size": inferencer.image_size,
+        "thresholds": {
+            "image": inferencer.image_threshold,
+            "pixel": inferencer.pixel_threshold,
+            "source": inferencer.threshold_source,
+        },
+        "score_stats": inferencer.info.score_stats,
+        "score_reported": score,
+        "normalization": NORMALIZATION_FORMULA,
+        "counts": {
+            "images": len(rows),
+            "anomalous": sum(row["pred_label"] for row in ok),
+            "normal": sum(1 - row["pred_label"] for row in ok),
+            "unreadable": len(rows) - len(ok),
+        },
+        "images": rows,
+        "skipped": [{"image_path": r["image_path"], "error": r["error"]} for r in rows if r["status"] != "ok"],
+    }
+    write_csv(out / "results.csv", rows)
+    write_json(out / "results.json", summary)
+    return summary
+
+
+def main(argv: Sequence[str]) -> int:
+    """CLI entry point: ``predict ckpt=PATH input=FILE|DIR [output=DIR] [key=value ...]``; returns the exit code."""
+    if any(arg in {"-h", "--help", "help"} for arg in argv):
+        keys = " ".join(f"[{k}=...]" for k in PREDICT_KEYS if k not in _REQUIRED)
+        print(f"usage: python -m urd_lightning predict ckpt=PATH input=FILE|DIR {keys}\n\n{__doc__}")
+        return 0
+    args = parse_key_values(argv, PREDICT_KEYS, "predict")
+    missing = [key for key in _REQUIRED if args[key] is None]
+    if missing:
+        raise ConfigError(f"predict: missing {', '.join(k + '=...' for k in missing)}; e.g. ckpt=last.ckpt input=dir/")
+    summary = predict(**args)
+    counts = summary["counts"]
+    print(
+        f"{counts['images']} images: {counts['anomalous']} anomalous, {counts['normal']} normal, "
+        f"{counts['unreadable']} unreadable (listed in results.json) -> {Path(args['output']) / 'results.csv'}"
+    )
+    return 0 if counts["unreadable"] < counts["images"] else 1
