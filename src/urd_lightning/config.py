@@ -48,6 +48,14 @@ class DataConfig:
     dtd_root: Optional[str] = None
     foreground: str = "auto"
     seed: int = 111
+    cache_dir: str = ".cache/urd/foreground"
+    augment: bool = False
+    check: bool = True
+    normal_dir: str = "good"
+    abnormal_dir: Optional[str] = None
+    mask_dir: Optional[str] = None
+    normal_test_dir: Optional[str] = None
+    normal_split_ratio: float = 0.2
 
 
 @dataclass
@@ -107,6 +115,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+RAW_STRING_KEYS = ("dataset", "experiment", "run", "data.category")
 CHOICES = {
     "logger": ("wandb", "csv", "none"),
     "loss_variant": ("head", "first_commit"),
@@ -151,9 +160,18 @@ def _dotlist(argv: list[str]) -> dict[str, Any]:
         if "=" not in item or item.startswith("-"):
             raise ConfigError(f"argument {item!r} is not of the form key=value (e.g. data.category=bottle)")
     try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
+        values: dict[str, Any] = OmegaConf.to_container(OmegaConf.from_dotlist(argv))  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot parse command-line overrides {argv}: {exc}") from exc
+    for item in argv:  # names stay text: BTAD's category "01" must not become the integer 1
+        key, raw = item.split("=", 1)
+        if key in RAW_STRING_KEYS:
+            node = values
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = raw
+    return values
 
 
 def _merge(cfg: DictConfig, values: dict[str, Any], source: str) -> DictConfig:
@@ -247,6 +265,9 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"'{key}={value}' is not valid; choose one of: {', '.join(allowed)}")
+    if cfg.model.train_teacher and cfg.model.expert and not cfg.data.synthesis:
+        raise ConfigError("model.train_teacher=true needs data.synthesis=true (the teacher learns from synthetic "
+                          "anomalies); set model.train_teacher=false for a frozen teacher")
     if not cfg.model.expert and cfg.model.train_teacher:
         # Without the expert there is nothing to train the teacher against (design.md, models).
         cfg.model.train_teacher = False
