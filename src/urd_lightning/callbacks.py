@@ -1,0 +1,147 @@
+"""Callbacks: picture panels, an evaluation line, and atomic checkpoint writes.
+
+Everything that writes files or pictures runs on rank zero only (DDP re-runs the module on every rank). Panels are
+image | ground truth | heatmap overlay, as anomalib users expect (ecosystem.md §5), written to ``images/`` and, with
+W&B, logged as ``wandb.Image`` with the ground-truth mask as an overlay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger("urd_lightning")
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file in the same folder, then renames it over the target.
+
+    A crash or a NaN stop mid-write therefore never leaves a truncated ``last.ckpt``: the previous one stays.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised (3,H,W) → [0,1] (H,W,3) for display."""
+    return (image.cpu() * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1).permute(1, 2, 0)
+
+
+def _gather_samples(pl_module: LightningModule) -> list[dict[str, Any]]:
+    samples = list(getattr(pl_module, "samples", []))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        everything: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everything, samples)
+        samples = [s for part in everything for s in (part or [])]
+    return sorted(samples, key=lambda s: s["index"])
+
+
+def save_panel(sample: dict[str, Any], path: Path, vmax: float | None = None) -> None:
+    """One PNG: image | ground truth | heatmap overlay, titled with the defect type and image score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = denormalize(sample["image"]).numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    axes[0].imshow(image)
+    axes[0].set_title(f"{sample['defect_type']} (label {sample['label']})", fontsize=9)
+    axes[1].imshow(sample["gt_mask"].numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("ground truth", fontsize=9)
+    axes[2].imshow(image)
+    axes[2].imshow(sample["anomaly_map"].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=vmax)
+    axes[2].set_title(f"anomaly map, score {sample['score']:.3f}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class PicturePanels(Callback):
+    """Draws the module's fixed test samples after every evaluation (files + W&B images)."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, tag: str) -> None:
+        samples = _gather_samples(pl_module)  # collective: every rank must call it
+        if trainer.global_rank != 0 or not samples:
+            return
+        stats = getattr(pl_module, "score_stats", None) or {}
+        vmax = stats.get("pixel_max") or max(float(s["anomaly_map"].max()) for s in samples)
+        images = []
+        for sample in samples:
+            name = f"{sample['index']:05d}_{sample['defect_type']}.png"
+            target = self.out_dir / tag / name if tag != "final" else self.out_dir / name
+            save_panel(sample, target, vmax=vmax)
+            images.append((sample, target))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                _log_wandb_images(logger, images, tag, trainer.global_step)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._draw(trainer, pl_module, f"step{getattr(pl_module, 'iteration', trainer.global_step):06d}")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._draw(trainer, pl_module, "final")
+
+
+def _log_wandb_images(logger: WandbLogger, images: list[tuple[dict[str, Any], Path]], tag: str, step: int) -> None:
+    """Panels plus the raw image with the ground-truth mask overlay; a W&B problem never stops training."""
+    try:
+        import wandb
+
+        logged = []
+        for sample, path in images:
+            mask = sample["gt_mask"].numpy().astype("uint8")
+            logged.append(wandb.Image(str(path), caption=f"{sample['path']} score={sample['score']:.3f}"))
+            logged.append(wandb.Image(denormalize(sample["image"]).numpy(), caption=f"{sample['defect_type']} mask",
+                                      masks={"ground_truth": {"mask_data": mask, "class_labels": {1: "defect"}}}))
+        logger.experiment.log({f"images/{tag}": logged, "trainer/global_step": step})
+    except Exception as exc:  # noqa: BLE001 - logging must never kill a run
+        log.warning("W&B image logging failed (%s); training continues.", exc)
+
+
+class EvaluationLine(Callback):
+    """One log line per evaluation, so a long run shows progress between progress-bar epochs."""
+
+    @rank_zero_only
+    def _line(self, what: str, step: int, values: dict[str, float]) -> None:
+        keys = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AUPRO_per_image")
+        text = "  ".join(f"{k}={values[k]:.4f}" for k in keys if k in values)
+        log.info("%s evaluation at iteration %d: %s", what, step, text)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        periodic = getattr(pl_module, "periodic", [])
+        if periodic and not trainer.sanity_checking:
+            self._line("periodic (test set)", int(periodic[-1]["step"]), periodic[-1])
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._line("final", getattr(pl_module, "iteration", trainer.global_step), getattr(pl_module, "final", {}))

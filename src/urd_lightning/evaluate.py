@@ -1,0 +1,79 @@
+"""``python -m urd_lightning test ckpt=PATH [key=value ...]``: evaluate a training checkpoint on its test set.
+
+The checkpoint's extras (docs/design.md, "checkpoints") say which dataset, category, image size and network it
+holds; the command line may override data keys (e.g. ``data.root``). The network is rebuilt with
+``pretrained=False`` (its weights come from the file) and the numbers are written to ``test_metrics.json`` beside the
+checkpoint's run folder, with the same metric names as ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from omegaconf import OmegaConf
+
+from urd_lightning.config import load_config
+from urd_lightning.errors import CheckpointError, ConfigError
+from urd_lightning.logging_setup import setup_console_logging
+from urd_lightning.summary import METRIC_ORDER, write_text_atomic
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"ckpt={path} does not exist; give results/<dataset>/<category>/<run>/checkpoints/"
+                              "last.ckpt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # no code runs while loading
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise CheckpointError(f"{path} is not a readable urd-lightning checkpoint: {exc}") from exc
+    if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} has no 'urd_lightning' extras: it was not written by urd-lightning training")
+    return checkpoint
+
+
+def evaluate_checkpoint(argv: list[str]) -> int:
+    """Evaluate ``ckpt=`` on the test set of its dataset/category; prints and writes the metrics."""
+    setup_console_logging()
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt=")), None)
+    if not ckpt:
+        raise ConfigError("the test command needs ckpt=PATH (e.g. results/mvtec/bottle/<run>/checkpoints/last.ckpt)")
+    path = Path(ckpt)
+    checkpoint = _read_checkpoint(path)
+    extras = checkpoint["urd_lightning"]
+    given = {a.split("=", 1)[0] for a in argv}
+    implied = [f"dataset={extras['dataset']}"] if "dataset" not in given else []
+    if "data.category" not in given:
+        implied.append(f"data.category={extras['category']}")
+    if "data.image_size" not in given:
+        implied.append(f"data.image_size={extras['image_size']}")
+    model_keys = [f"model.{k}={'null' if v is None else v}" for k, v in extras["model"].items()
+                  if f"model.{k}" not in given and k != "pretrained"]
+    cfg = load_config(implied + model_keys + ["model.pretrained=false", "logger=none"] + argv)
+    from urd_lightning.train import build_datamodule, build_module, trainer_kwargs
+
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    # The expert is used only for training; a checkpoint may omit it. Anything else missing is an error.
+    missing = [k for k in missing if not k.startswith("model.expert.")]
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match the network {extras['model']}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    kwargs = trainer_kwargs(cfg)
+    kwargs.pop("max_steps", None)
+    trainer = Trainer(**kwargs, logger=False, use_distributed_sampler=False, enable_model_summary=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    if trainer.global_rank == 0:
+        out = path.parent.parent / "test_metrics.json" if path.parent.name == "checkpoints" else path.with_suffix(
+            ".metrics.json")
+        payload = {"checkpoint": str(path), "dataset": cfg.dataset, "category": cfg.data.category,
+                   "final": module.final, "config": OmegaConf.to_container(cfg.data, resolve=True)}
+        write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+        width = max(len(k) for k in METRIC_ORDER) + 2
+        rows = [f"{k:<{width}}{module.final[k]:.4f}" for k in METRIC_ORDER if k in module.final]
+        print("\n".join([f"{cfg.dataset}/{cfg.data.category}: {path}", *rows, f"written: {out}"]), flush=True)
+    return 0

@@ -1,0 +1,260 @@
+"""URDModule: the authors' training iteration and the evaluation, as a LightningModule.
+
+One iteration follows urd-method.md §3.3 (``train.py::train_one_epoch`` of the authors' code), written out with
+Lightning's manual optimisation and two Adam optimizers:
+expert forward (eval, no grad) → teacher step (train mode) → teacher re-forward (eval mode, no grad, updated
+weights and running BN statistics) → student step on the detached teacher features, reusing the expert features.
+Evaluation (urd-method.md §6) smooths the map with σ = 4 and scores an image by the map's maximum; it is done by
+``URD.predict``. No architecture code lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from urd_lightning import __version__
+from urd_lightning.errors import URDError
+from urd_lightning.metrics import AnomalyMetrics
+from urd_lightning.models import URD
+from urd_lightning.models import losses as urd_losses
+
+# The authors select their reported ("max") numbers on the test set by these sums (urd-method.md §5):
+# pixel AUROC + AUPRO on MVTec, plus image AUROC on VisA. We only use them for the labelled "oracle" numbers.
+ORACLE_KEYS = ("pixel_AUROC", "pixel_AUPRO_per_image")
+ORACLE_KEYS_VISA = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO_per_image")
+
+
+class NonFiniteLossError(URDError):
+    """A loss term became NaN or infinite; the run stops and the last good checkpoint stays."""
+
+
+class URDModule(LightningModule):
+    """URD training (two optimizers, manual optimisation) and evaluation with the anomaly metrics.
+
+    Args:
+        model: keyword arguments of :class:`urd_lightning.models.URD`.
+        lr_teacher: Adam learning rate of the teacher (authors: 1e-4).
+        lr_student: Adam learning rate of the student (authors: 5e-3).
+        betas: Adam betas of both optimizers (authors: (0.5, 0.999)).
+        loss_variant: ``head`` (the authors' current losses) or ``first_commit`` (urd-method.md §3.4).
+        synthesis: use the batch's synthetic anomalies; ``False`` drops the synthetic loss terms (RD4AD).
+        image_size: side of the square images, stored in the checkpoint for inference.
+        dataset: benchmark name, stored in the checkpoint and results.
+        category: category name, stored in the checkpoint and results.
+        num_samples: how many fixed test samples are kept for picture panels.
+        channels_last: run the convolutions in channels-last memory format (faster on recent GPUs).
+        seed: base seed; rank r reseeds torch with ``seed + r`` at fit start (one seed per rank).
+    """
+
+    def __init__(self, model: dict[str, Any], lr_teacher: float = 1e-4, lr_student: float = 5e-3,
+                 betas: tuple[float, float] = (0.5, 0.999), loss_variant: str = "head", synthesis: bool = True,
+                 image_size: int = 256,
+                 dataset: str = "", category: str = "", num_samples: int = 8, channels_last: bool = False,
+                 seed: int = 111) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False  # two optimizers stepped in the authors' order, see training_step
+        self.model = URD(**model)
+        self.train_teacher = self.model.train_teacher
+        # Lightning counts every optimizer.step() in global_step, so one URD iteration is 2 global steps (1 with a
+        # frozen teacher); train.py scales max_steps and checkpoint intervals by this, `iteration` undoes it.
+        self.steps_per_iteration = 2 if self.train_teacher else 1
+        self.test_metrics = AnomalyMetrics()
+        self.val_metrics = AnomalyMetrics()  # periodic evaluations (on the test set, labelled as such)
+        self.final: dict[str, float] = {}
+        self.periodic: list[dict[str, float]] = []
+        self.thresholds: dict[str, Any] | None = None
+        self.score_stats: dict[str, float] | None = None
+        self.samples: list[dict[str, Any]] = []  # fixed picture samples of the last evaluation
+        self.sample_indices: set[int] = set()
+        self._eval_scores: list[Tensor] = []
+        self.curves: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def iteration(self) -> int:
+        """Completed URD iterations (teacher + student updates), as the paper's budgets count them."""
+        return self.global_step // self.steps_per_iteration
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = tuple(self.hparams.betas)
+        student = torch.optim.Adam(self.model.student_parameters(), lr=self.hparams.lr_student, betas=betas)
+        if not self.train_teacher:
+            return [student]
+        teacher = torch.optim.Adam(self.model.teacher_parameters(), lr=self.hparams.lr_teacher, betas=betas)
+        return [teacher, student]
+
+    def on_fit_start(self) -> None:
+        # Weights are identical on every rank (same seed at build time, and DDP broadcasts rank 0's); from here on
+        # each rank draws its own random numbers.
+        torch.manual_seed(int(self.hparams.seed) + self.global_rank)
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)  # reshuffles and reseeds synthesis per epoch (and per rank)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning calls .train() on the whole module around evaluation; the expert must stay frozen in eval
+        # mode so its BatchNorm statistics stay ImageNet's (urd-method.md §3.3). URD.train() already keeps it so.
+        if self.model.expert is not None and self.model.expert.training:
+            self.model.expert.eval()
+
+    def _input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def _check_finite(self, terms: dict[str, Tensor], part: str) -> None:
+        for name, value in terms.items():
+            if not torch.isfinite(value.detach()).all():
+                raise NonFiniteLossError(
+                    f"{part} loss term '{name}' is {value.item()} at iteration {self.iteration + 1}; training stopped. "
+                    "The last good checkpoint (checkpoints/last.ckpt) is kept. Lower optim.lr_student/lr_teacher "
+                    "or use trainer.precision=32-true."
+                )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """One authors' iteration: teacher step, teacher re-forward in eval mode, student step."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        opt_student = optimizers[-1]
+        x = self._input(batch["image"])
+        x_aug = self._input(batch["aug_image"]) if self.hparams.synthesis else None
+        mask = batch.get("aug_mask")
+        model, teacher_module = self.model, self.model.teacher
+        expert = expert_aug = None
+        if model.expert is not None:  # step 2: expert features, computed once and reused by the student step
+            expert = model.expert_features(x)
+            expert_aug = model.expert_features(x_aug) if x_aug is not None else None
+        logged: dict[str, Tensor] = {}
+        if self.train_teacher:  # step 3: teacher update, BatchNorm in train mode (batch statistics)
+            opt_teacher = optimizers[0]
+            teacher_module.train()
+            t = model.teacher_features(x)
+            t_aug = model.teacher_features(x_aug) if x_aug is not None else None
+            terms = urd_losses.teacher_loss(t, t_aug, expert, expert_aug, mask, variant=self.hparams.loss_variant)
+            self._check_finite(terms, "teacher")
+            loss_t = sum(terms.values())
+            opt_teacher.zero_grad()
+            self.manual_backward(loss_t)
+            opt_teacher.step()
+            logged.update({f"train/teacher/{k}": v.detach() for k, v in terms.items()})
+            logged["train/loss_teacher"] = loss_t.detach()
+        # step 4: recompute the teacher features with the updated weights and running BN statistics
+        teacher_module.eval()
+        with torch.no_grad():
+            t = [f.detach() for f in model.teacher_features(x)]
+            t_aug = [f.detach() for f in model.teacher_features(x_aug)] if x_aug is not None else None
+        # step 5: student update on the detached teacher features (student BatchNorm in train mode)
+        s = model.student_features(t)
+        s_aug = model.student_features(t_aug) if t_aug is not None else None
+        terms = urd_losses.student_loss(s, s_aug, t, expert, self.hparams.loss_variant, mask=mask, t_aug=t_aug,
+                                        e_aug=expert_aug)
+        self._check_finite(terms, "student")
+        loss_s = sum(terms.values())
+        opt_student.zero_grad()
+        self.manual_backward(loss_s)
+        opt_student.step()
+        logged.update({f"train/student/{k}": v.detach() for k, v in terms.items()})
+        logged["train/loss_student"] = loss_s.detach()
+        bar = {k: logged.pop(k) for k in ("train/loss_teacher", "train/loss_student") if k in logged}
+        self.log_dict(bar, prog_bar=True, batch_size=x.shape[0])
+        self.log_dict(logged, batch_size=x.shape[0])
+
+    # ---- evaluation -----------------------------------------------------------------------------------------
+    def _pick_samples(self, dataloaders: Any) -> None:
+        loader = dataloaders[0] if isinstance(dataloaders, list) else dataloaders
+        count = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else 0
+        n = min(int(self.hparams.num_samples), count)
+        # Evenly spread over the test set, so both normal and defect images (sorted by folder) appear.
+        self.sample_indices = {round(i * (count - 1) / max(n - 1, 1)) for i in range(n)} if n else set()
+        self.samples = []
+        self._eval_scores = []
+
+    def on_validation_epoch_start(self) -> None:
+        self._pick_samples(self.trainer.val_dataloaders)
+
+    def on_test_epoch_start(self) -> None:
+        self._pick_samples(self.trainer.test_dataloaders)
+
+    def _eval_step(self, batch: dict[str, Any], metrics: AnomalyMetrics) -> None:
+        maps, scores = self.model.predict(self._input(batch["image"]))
+        maps, scores = maps.float(), scores.float()
+        gt_mask = (batch["gt_mask"] > 0.5).float()
+        metrics.update(maps, gt_mask, scores, batch["gt_label"])
+        self._eval_scores.append(torch.stack([scores.min(), scores.max(), maps.min(), maps.max()]).detach())
+        for i, index in enumerate(batch["index"].tolist()):
+            if index in self.sample_indices:
+                self.samples.append({
+                    "index": index, "image": batch["image"][i].float().cpu(), "gt_mask": gt_mask[i, 0].cpu(),
+                    "anomaly_map": maps[i, 0].cpu(), "score": float(scores[i]), "label": int(batch["gt_label"][i]),
+                    "path": batch["image_path"][i], "defect_type": batch["defect_type"][i],
+                })
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    def _score_stats(self) -> dict[str, float] | None:
+        if not self._eval_scores:
+            local = torch.tensor([math.inf, -math.inf, math.inf, -math.inf], device=self.device)
+        else:
+            stacked = torch.stack(self._eval_scores)
+            local = torch.cat([stacked[:, 0].min()[None], stacked[:, 1].max()[None],
+                               stacked[:, 2].min()[None], stacked[:, 3].max()[None]])
+        gathered = self.all_gather(local)
+        gathered = gathered.reshape(-1, 4)
+        stats = [gathered[:, 0].min(), gathered[:, 1].max(), gathered[:, 2].min(), gathered[:, 3].max()]
+        if not all(math.isfinite(float(v)) for v in stats):
+            return None
+        return dict(zip(("image_min", "image_max", "pixel_min", "pixel_max"), (float(v) for v in stats)))
+
+    def on_validation_epoch_end(self) -> None:
+        values = {k: float(v) for k, v in self.val_metrics.compute().items()}
+        self.val_metrics.reset()
+        self.periodic.append({"step": self.iteration, **values})
+        # Labelled as test-set numbers: these evaluations use the test set, only for curves and "oracle" numbers.
+        self.log_dict({f"periodic_test/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=True)
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()  # synced across ranks; every test image counted once (no padding)
+        self.final = {k: float(v) for k, v in values.items()}
+        found = self.test_metrics.thresholds()
+        # F1-optimal thresholds on the test set, labelled as such: inference has no other annotated set.
+        self.thresholds = None if any(math.isnan(v) for v in found.values()) else {**found, "source": "test"}
+        self.curves = {k: _decimate(v[0], v[1]) for k, v in self.test_metrics.curves().items()}
+        self.test_metrics.reset()
+        self.score_stats = self._score_stats()
+        self.log_dict({f"test/{k}": v for k, v in self.final.items()}, rank_zero_only=True)
+
+    def oracle(self) -> dict[str, float] | None:
+        """Best periodic test-set evaluation by the authors' selection sum, or None when none ran."""
+        if not self.periodic:
+            return None
+        keys = ORACLE_KEYS_VISA if self.hparams.dataset == "visa" else ORACLE_KEYS
+        return dict(max(self.periodic, key=lambda row: sum(row.get(k, 0.0) for k in keys)))
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything inference needs, as plain Python types so torch.load(weights_only=True) reads it (design.md).
+        checkpoint["urd_lightning"] = {
+            "version": __version__, "model": dict(self.hparams.model), "image_size": int(self.hparams.image_size),
+            "dataset": str(self.hparams.dataset), "category": str(self.hparams.category),
+            "thresholds": self.thresholds, "score_stats": self.score_stats,
+        }
+
+
+def _decimate(x: Tensor, y: Tensor, points: int = 2000) -> tuple[Tensor, Tensor]:
+    """At most ``points`` vertices of a curve (pixel curves have millions), keeping both ends, for plots."""
+    if x.numel() <= points:
+        return x, y
+    keep = torch.linspace(0, x.numel() - 1, points).round().long()
+    return x[keep], y[keep]

@@ -1,0 +1,176 @@
+"""Training and evaluation entry point: ``train(cfg) -> metrics`` and the ``train`` / ``test`` commands.
+
+Every way of training runs this one path (the lightning-hydra-template's thin entry point):
+
+    python -m urd_lightning train                                       # embedded demo dataset, CPU minutes
+    python -m urd_lightning train dataset=mvtec data.category=cable      # the authors' 10000 iterations
+    make train DATASET=visa CATEGORY=pcb1 ARGS="trainer.devices=4 trainer.strategy=ddp"
+    wandb agent <sweep>            # the sweep's command ends with ${args_no_hyphens} (key=value pairs)
+    srun python -m urd_lightning train ...                               # experiments/slurm/train.sbatch
+    python -m urd_lightning test ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt
+
+One (dataset, category) per run; results go to ``<output_dir>/<dataset>/<category>/<run>/`` (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from urd_lightning.callbacks import AtomicCheckpointIO, EvaluationLine, PicturePanels
+from urd_lightning.config import load_config, to_yaml
+from urd_lightning.errors import CheckpointError, ConfigError
+from urd_lightning.logging_setup import build_logger, log_summary, setup_console_logging
+from urd_lightning.summary import plot_curves, summary_table, write_metrics, write_text_atomic
+
+log = logging.getLogger("urd_lightning")
+DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+
+
+def _on_cuda(cfg: DictConfig) -> bool:
+    return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``Trainer`` arguments from ``cfg.trainer`` with per-accelerator defaults filled in."""
+    kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    if kwargs["precision"] is None:  # bf16 autocast where the GPU supports it; full fp32 on CPU (the authors: fp32)
+        kwargs["precision"] = "bf16-mixed" if _on_cuda(cfg) and torch.cuda.is_bf16_supported() else "32-true"
+    strategy = kwargs["strategy"]
+    if strategy in DDP_START:
+        # One training iteration does two backward passes over disjoint parameter sets (teacher, then student),
+        # so each pass must tell DDP's reducer that the other set is unused this time: find_unused_parameters.
+        kwargs["strategy"] = DDPStrategy(find_unused_parameters=True, start_method=DDP_START[strategy])
+    elif strategy.startswith("ddp") and "find_unused_parameters_false" in strategy:
+        raise ConfigError(f"trainer.strategy={strategy} cannot work: URD's two backward passes need "
+                          "find_unused_parameters=True; use trainer.strategy=ddp")
+    return kwargs
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """``<output_dir>/<dataset>/<category>/<run>``."""
+    return Path(cfg.output_dir) / str(cfg.dataset) / str(cfg.data.category) / str(cfg.run)
+
+
+def build_module(cfg: DictConfig) -> Any:
+    """``URDModule`` from the config (the only place the model and optim sections are unpacked)."""
+    from urd_lightning.module import URDModule
+
+    channels_last = _on_cuda(cfg) if cfg.channels_last is None else bool(cfg.channels_last)
+    return URDModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True), lr_teacher=cfg.optim.lr_teacher,
+        lr_student=cfg.optim.lr_student, betas=tuple(cfg.optim.betas), loss_variant=cfg.loss_variant,
+        synthesis=cfg.data.synthesis, image_size=cfg.data.image_size, dataset=cfg.dataset,
+        category=cfg.data.category, num_samples=cfg.eval.num_samples, channels_last=channels_last,
+        seed=cfg.seed,
+    )
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """``AnomalyDataModule(**cfg.data)``, already set up: missing or broken data stops here, before training."""
+    from urd_lightning.data.datamodule import AnomalyDataModule
+
+    datamodule = AnomalyDataModule(**OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
+    datamodule.setup("fit")  # runs the data check (DataError with its message) before any model is built
+    return datamodule
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    if not path.is_file():
+        raise CheckpointError(f"resume={cfg.resume}: {path} does not exist; train without resume= first")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train and evaluate one (dataset, category); returns the final metrics (and ``oracle/<metric>`` if any).
+
+    Args:
+        cfg: a config from :func:`urd_lightning.config.load_config`.
+
+    Returns:
+        ``{metric: value}`` of the final-iteration evaluation, plus ``oracle/<metric>`` when periodic test-set
+        evaluation ran.
+    """
+    setup_console_logging()
+    # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, urd-method.md §3.3).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+    run_dir = run_dir_of(cfg)
+    seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # as the authors set them
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    if rank_zero_only.rank == 0:
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    logger = build_logger(cfg, run_dir)
+    every = int(cfg.eval.every_n_steps)
+    per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
+    kwargs = trainer_kwargs(cfg)
+    kwargs["max_steps"] = cfg.trainer.max_steps * per_iteration
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
+                                                                                  cfg.trainer.max_steps)))
+    trainer = Trainer(
+        **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
+        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine()], plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the data module shards itself (no padded duplicates in evaluation)
+        num_sanity_val_steps=0, enable_model_summary=False,
+        # Periodic evaluation uses the TEST set (the data module's val loader), for curves and "oracle" numbers.
+        val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
+        limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, run_dir))
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    eval_s = time.perf_counter() - start
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # now with thresholds and score statistics
+    oracle = module.oracle()
+    payload: dict[str, Any] = {
+        "dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
+        "final": module.final, "durations": {"train_s": round(train_s, 2), "eval_s": round(eval_s, 2)},
+        "steps": int(module.iteration),
+    }
+    if oracle is not None:
+        payload["oracle"] = oracle
+        payload["periodic"] = module.periodic
+    if trainer.global_rank == 0:
+        write_metrics(run_dir, payload)
+        plot_curves(run_dir, module.curves or {})
+        log_summary(logger, {f"final/{k}": v for k, v in module.final.items()}
+                    | {f"oracle/{k}": v for k, v in (oracle or {}).items()} | payload["durations"])
+        print(summary_table(payload, run_dir), flush=True)  # the user-facing result of `make train`
+    result = dict(module.final)
+    result.update({f"oracle/{k}": float(v) for k, v in (oracle or {}).items() if k != "step"})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m urd_lightning train [key=value ...]``; returns the exit code."""
+    argv = list(argv or [])
+    if any(a in {"-h", "--help"} for a in argv):
+        print(__doc__.strip() + "\n\nResolved config for these arguments (every key can be overridden):\n")
+        print(to_yaml(load_config([a for a in argv if a not in {"-h", "--help"}])))
+        return 0
+    train(load_config(argv))
+    return 0
+
+
+def test_main(argv: list[str] | None = None) -> int:
+    """``python -m urd_lightning test ckpt=PATH [key=value ...]``: evaluate a checkpoint on its test set."""
+    from urd_lightning.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(list(argv or []))
