@@ -1,0 +1,287 @@
+"""Benchmark runner: train and evaluate every category of a benchmark, then write the results table.
+
+``python -m urd_lightning benchmark dataset=mvtec [experiment=paper] [key=value ...] [--categories a,b]
+[--gpus 0,1,2,3] [--in-process] [--force] [--task-index N] [--dry-run] [--report-only]``
+
+One (dataset, category) per process (design.md): each category runs ``python -m urd_lightning train`` in a fresh
+subprocess, so memory, CUDA state and W&B runs stay separate; ``--gpus`` runs one such process per GPU at a time;
+``--task-index`` runs one category of the list (a SLURM array task); ``--in-process`` calls ``train(cfg)`` here
+(tests). All categories share one run name, so their results sit side by side in
+``<output_dir>/<dataset>/<category>/<run>/``. A category whose ``metrics.json`` exists for the same config is
+skipped (resumable); a failed category is recorded and the runner goes on. The table and plots
+(:mod:`urd_lightning.report`) are written to ``<output_dir>/<dataset>/_reports/<run>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from urd_lightning import config as urd_config
+from urd_lightning.errors import ConfigError
+from urd_lightning.paper_numbers import CATEGORY_ORDER, order_categories
+from urd_lightning.report import REPORTS_DIRNAME, RunRecord, flatten, read_run, write_report
+
+log = logging.getLogger(__name__)
+
+# Keys that say where or how a run is executed or logged, not what is trained: they neither change the run name nor
+# make a finished category "a different config" when resuming.
+VOLATILE_KEYS = (
+    "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
+    "data.dtd_root", "data.num_workers", "data.eval_batch_size", "eval.num_samples", "trainer.accelerator",
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+)  # fmt: skip
+
+
+def _volatile(key: str) -> bool:
+    return any(key == v or key.startswith(v + ".") for v in VOLATILE_KEYS)
+
+
+@dataclass
+class Job:
+    """One category of a benchmark: the train command line and the config it resolves to."""
+
+    category: str
+    argv: list[str]
+    cfg: DictConfig
+
+    @property
+    def run_dir(self) -> Path:
+        """``<output_dir>/<dataset>/<category>/<run>`` (design.md, results)."""
+        return Path(self.cfg.output_dir) / self.cfg.dataset / self.category / str(self.cfg.run)
+
+
+def dataset_categories(dataset: str) -> list[str]:
+    """The categories of a benchmark: its dataset file's ``categories:`` table, else the community list."""
+    path = urd_config.CONFIG_DIR / "data" / f"{dataset}.yaml"
+    table = OmegaConf.load(path).get("categories") if path.is_file() else None
+    names = [str(c) for c in table] if table else list(CATEGORY_ORDER.get(dataset, ()))
+    if not names:
+        raise ConfigError(f"{path} has no categories: table; pass the categories with --categories a,b,c")
+    return order_categories(dataset, names)
+
+
+def benchmark_run_name(overrides: list[str]) -> str:
+    """The run name shared by all categories of a benchmark.
+
+    ``run=`` if given; else the experiment name (or ``default``) plus a short hash of the other result-changing
+    overrides, so that the same command resumes into the same folders.
+    """
+    pairs = dict(item.split("=", 1) for item in overrides)
+    if pairs.get("run"):
+        return pairs["run"]
+    name = pairs.get("experiment") or "default"
+    rest = sorted(f"{k}={v}" for k, v in pairs.items() if k not in ("experiment", "dataset") and not _volatile(k))
+    return f"{name}-{hashlib.sha1(repr(rest).encode()).hexdigest()[:8]}" if rest else name
+
+
+def plan(dataset: str, overrides: list[str], categories: list[str] | None = None) -> list[Job]:
+    """Resolve the config of every category before training any (a typo fails in seconds, not hours).
+
+    Args:
+        dataset: Benchmark name (``configs/data/<dataset>.yaml``).
+        overrides: ``key=value`` items passed to every category's training (no ``data.category``).
+        categories: Subset to run; default all of the dataset's categories, in community order.
+
+    Raises:
+        ConfigError: For ``data.category`` in overrides, an unknown category or any invalid key or value.
+    """
+    if any(item.split("=", 1)[0] in ("data.category", "dataset") for item in overrides):
+        raise ConfigError("benchmark sets dataset= and data.category itself; choose categories with --categories")
+    run = benchmark_run_name(overrides)
+    argv_common = [f"dataset={dataset}", *[o for o in overrides if not o.startswith("run=")], f"run={run}"]
+    known = dataset_categories(dataset) if categories is None else order_categories(dataset, categories)
+    return [Job(c, [*argv_common, f"data.category={c}"], urd_config.load_config([*argv_common, f"data.category={c}"]))
+            for c in known]  # fmt: skip
+
+
+def config_diff(job: Job) -> list[str]:
+    """Result-changing keys whose value in the finished run's ``config.yaml`` differs from ``job``'s config."""
+    saved_path = job.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    saved = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.load(saved_path))).items() if not _volatile(k)}
+    now = {k: v for k, v in flatten(OmegaConf.to_container(job.cfg, resolve=True)).items() if not _volatile(k)}
+    return sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+
+
+def train_command(job: Job) -> list[str]:
+    """The subprocess command of one category: ``<python> -m urd_lightning train <argv>``."""
+    return [sys.executable, "-m", "urd_lightning", "train", *job.argv]
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    """The last non-empty lines of a log (progress bars' carriage returns count as line ends)."""
+    text = path.read_text(errors="replace").replace("\r", "\n") if path.is_file() else ""
+    return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:])[-500:]
+
+
+def _run_subprocess(job: Job, log_path: Path, gpu: str | None, echo: bool) -> str:
+    """Run one category in a fresh process, its output to ``log_path`` (and the terminal when ``echo``)."""
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as sink:
+        proc = subprocess.Popen(train_command(job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+            sink.write(chunk)
+            if echo:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        code = proc.wait()
+    return "" if code == 0 else f"exit code {code}: {_tail(log_path)} (full log: {log_path})"
+
+
+def _run_in_process(job: Job) -> str:
+    from urd_lightning.train import train
+
+    try:
+        train(job.cfg)
+    except Exception as exc:  # noqa: BLE001 — one category's failure must not lose the others (lead's decision)
+        log.exception("category %s failed", job.category)
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def _record(job: Job, error: str) -> RunRecord:
+    if not error and (job.run_dir / "metrics.json").is_file():
+        return read_run(job.run_dir)
+    error = error or f"training returned but wrote no {job.run_dir / 'metrics.json'}"
+    return RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "failed", job.run_dir, error=error)
+
+
+def run_benchmark(
+    jobs: list[Job],
+    in_process: bool = False,
+    gpus: list[str] | None = None,
+    force: bool = False,
+    collect_only: bool = False,
+    on_done: Callable[[RunRecord], Any] | None = None,
+) -> list[RunRecord]:
+    """Run every job that is not already finished; returns one record per job, in the jobs' order.
+
+    Args:
+        jobs: From :func:`plan`.
+        in_process: Call ``train(cfg)`` in this process instead of a subprocess per category.
+        gpus: Device ids; at most one subprocess per id runs at a time, with ``CUDA_VISIBLE_DEVICES`` set to it.
+        force: Rerun categories that already have ``metrics.json`` (finished or from another config).
+        collect_only: Do not train anything; just collect what exists (``--report-only``).
+        on_done: Called with each record as it is known (progress reporting).
+    """
+    records: dict[str, RunRecord] = {}
+    todo: list[Job] = []
+    for job in jobs:
+        if (job.run_dir / "metrics.json").is_file() and not force:
+            diff = config_diff(job)
+            records[job.category] = read_run(job.run_dir) if not diff else RunRecord(
+                job.cfg.dataset, job.category, str(job.cfg.run), "conflict", job.run_dir,
+                error=f"{job.run_dir} holds results of another config (differs in {', '.join(diff[:5])}); "
+                "use another run= name, or --force to overwrite",
+            )  # fmt: skip
+            log.info("%s: %s", job.category, "already finished, skipped" if not diff else records[job.category].error)
+        elif collect_only:
+            records[job.category] = RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "missing", job.run_dir)
+        else:
+            todo.append(job)
+    reports = (
+        Path(jobs[0].cfg.output_dir) / jobs[0].cfg.dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run) if jobs else None
+    )
+
+    def one(job: Job, gpu: str | None = None) -> RunRecord:
+        log.info("%s: training (%s)", job.category, " ".join(job.argv))
+        if in_process:
+            error = _run_in_process(job)
+        else:
+            error = _run_subprocess(job, reports / "logs" / f"{job.category}.log", gpu, echo=not gpus)
+        record = _record(job, error)
+        log.info("%s: %s", job.category, record.status if record.status == "done" else f"FAILED — {record.error}")
+        if on_done:
+            on_done(record)
+        return record
+
+    if gpus and not in_process and len(todo) > 1:
+        free: Queue[str] = Queue()
+        for gpu in gpus:
+            free.put(gpu)
+
+        def on_gpu(job: Job) -> RunRecord:
+            gpu = free.get()
+            try:
+                return one(job, gpu)
+            finally:
+                free.put(gpu)
+
+        with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
+            for record in pool.map(on_gpu, todo):
+                records[record.category] = record
+    else:
+        for job in todo:
+            records[job.category] = one(job, gpus[0] if gpus else None)
+    return [records[job.category] for job in jobs]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m urd_lightning benchmark",
+        description="Train every category of a benchmark, then write the results table beside the paper's means.",
+        epilog="Every other argument is a key=value config override given to each category's training "
+        "(e.g. experiment=paper trainer.devices=1). Runs live in <output_dir>/<dataset>/<category>/<run>/.",
+    )
+    parser.add_argument("--categories", help="comma-separated subset (default: all of the dataset file's)")
+    parser.add_argument("--gpus", help="comma-separated device ids: one training process per GPU at a time")
+    parser.add_argument("--in-process", action="store_true", help="call train(cfg) here, not a subprocess each")
+    parser.add_argument("--force", action="store_true", help="rerun categories that already have metrics.json")
+    parser.add_argument("--task-index", type=int, help="run only the N-th category (0-based; SLURM array tasks)")
+    parser.add_argument("--dry-run", action="store_true", help="resolve every config and print the commands only")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; table of what has finished")
+    parser.add_argument("--no-plots", action="store_true", help="only the CSV and markdown table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns 0 when every category has finished, 1 otherwise."""
+    args, overrides = _parser().parse_known_args(argv)
+    unknown = [item for item in overrides if item.startswith("-") or "=" not in item]
+    if unknown:
+        raise ConfigError(f"unknown benchmark argument(s) {unknown}; see `python -m urd_lightning benchmark --help`")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    pairs = dict(item.split("=", 1) for item in overrides)
+    dataset = pairs.get("dataset") or urd_config.load_config([]).dataset
+    overrides = [item for item in overrides if not item.startswith("dataset=")]
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    jobs = plan(dataset, overrides, categories)
+    if args.task_index is not None:
+        if not 0 <= args.task_index < len(jobs):
+            raise ConfigError(f"--task-index {args.task_index} is out of range: {dataset} has {len(jobs)} categories "
+                              f"(0..{len(jobs) - 1}: {', '.join(j.category for j in jobs)})")  # fmt: skip
+        jobs = [jobs[args.task_index]]
+    if args.dry_run:
+        for index, job in enumerate(jobs):
+            state = "finished" if (job.run_dir / "metrics.json").is_file() else "to run"
+            sys.stdout.write(f"[{index}] {job.category} ({state}): {' '.join(train_command(job))}\n")
+        return 0
+    gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
+    records = run_benchmark(jobs, args.in_process, gpus, args.force, collect_only=args.report_only)
+    if args.task_index is None:
+        out = Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run)
+        paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], not args.no_plots)
+        sys.stdout.write(paths["markdown"].read_text())
+        log.info("results: %s", ", ".join(str(p) for p in paths.values()))
+    missing = [r for r in records if r.status != "done"]
+    if missing:
+        log.warning("not finished (%d): %s", len(missing), ", ".join(f"{r.category} ({r.status})" for r in missing))
+    return 1 if missing else 0
