@@ -119,24 +119,24 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Index and check the data, compute foreground masks, build the datasets."""
-        if self.train_data is not None:
-            return
-        if self.benchmark == "demo":
-            self.prepare_data()  # idempotent: covers direct use without a Trainer
-        if self.check:
-            raise_on_problems(check_dataset(self.benchmark, self.root, self.category, **self.folder_options))
-        train = index(self.benchmark, self.root, self.category, "train", **self.folder_options)
-        test = index(self.benchmark, self.root, self.category, "test", **self.folder_options)
-        source = make_texture_source(self.dtd_root) if self.synthesis else None
-        foregrounds = None
-        if self.synthesis and self.foreground != "none":
-            foregrounds = foreground_masks([s.image_path for s in train], self.foreground, self.image_size,
-                                           self.cache_dir)
-        self.train_data = AnomalyDataset(train, self.image_size, train=True, source=source, foregrounds=foregrounds,
-                                         seed=self.seed, augment=self.augment)
-        self.test_data = AnomalyDataset(test, self.image_size, train=False)
-        log.info("%s/%s: %d train, %d test images (foreground: %s)", self.benchmark, self.category, len(train),
-                 len(test), self.foreground)
+        if self.test_data is None:
+            if self.benchmark == "demo":
+                self.prepare_data()  # idempotent: covers direct use without a Trainer
+            if self.check:
+                raise_on_problems(check_dataset(self.benchmark, self.root, self.category, **self.folder_options))
+            test = index(self.benchmark, self.root, self.category, "test", **self.folder_options)
+            self.test_data = AnomalyDataset(test, self.image_size, train=False)
+        if self.train_data is None and stage in (None, "fit"):  # test/predict runs skip the (slow) foregrounds
+            train = index(self.benchmark, self.root, self.category, "train", **self.folder_options)
+            source = make_texture_source(self.dtd_root) if self.synthesis else None
+            foregrounds = None
+            if self.synthesis and self.foreground != "none":
+                foregrounds = foreground_masks([s.image_path for s in train], self.foreground, self.image_size,
+                                               self.cache_dir)
+            self.train_data = AnomalyDataset(train, self.image_size, train=True, source=source,
+                                             foregrounds=foregrounds, seed=self.seed, augment=self.augment)
+            log.info("%s/%s: %d train, %d test images (foreground: %s)", self.benchmark, self.category, len(train),
+                     len(self.test_data), self.foreground)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the shuffle and synthesis of ``epoch`` (the LightningModule calls it at each train epoch start)."""
@@ -153,7 +153,9 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Training batches: ``image``, ``aug_image``, ``aug_mask``, ``index``."""
-        assert self.train_data is not None, "call setup() first"
+        if self.train_data is None:
+            self.setup("fit")
+        assert self.train_data is not None
         rank, world = _dist_rank_world()
         self._train_sampler = TrainSampler(len(self.train_data), self.seed, shuffle=True, rank=rank, world_size=world)
         self._train_sampler.set_epoch(self._epoch)
@@ -161,7 +163,9 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """Test batches: ``image``, ``gt_mask``, ``gt_label``, ``image_path``, ``defect_type``, ``index``."""
-        assert self.test_data is not None, "call setup() first"
+        if self.test_data is None:
+            self.setup("test")
+        assert self.test_data is not None
         rank, world = _dist_rank_world()
         return self._loader(self.test_data, self.eval_batch_size, ShardSampler(len(self.test_data), rank, world))
 
