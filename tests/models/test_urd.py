@@ -1,5 +1,8 @@
 """The URD network on a tiny resnet18 (method §1, §3.3, §8): shapes, gradients, frozen expert, options."""
 
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -8,18 +11,24 @@ from urd_lightning.models import URD, URDOutput, student_loss, teacher_loss
 from urd_lightning.models.losses import total
 
 
-def _tiny(**kw):
+@functools.cache
+def _built(**kw):
     torch.manual_seed(0)
     return URD(backbone="resnet18", pretrained=False, **kw)
+
+
+def _tiny(**kw):
+    # Building (random-initialising) resnet18 dominates these tests on a loaded CPU: build once, hand out copies.
+    return copy.deepcopy(_built(**kw))
 
 
 @pytest.fixture(scope="module")
 def batch():
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 64, 64, generator=g)
-    x_aug = torch.randn(2, 3, 64, 64, generator=g)
-    mask = torch.zeros(2, 1, 64, 64)
-    mask[:, :, 16:40, 8:30] = 1
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    x_aug = torch.randn(2, 3, 32, 32, generator=g)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 4:15] = 1
     return x, x_aug, mask
 
 
@@ -29,13 +38,13 @@ def test_shapes_per_level_resnet18(injection, batch):
     x = batch[0]
     out = net(x)
     assert isinstance(out, URDOutput)
-    expected = [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]
+    expected = [(2, 64, 8, 8), (2, 128, 4, 4), (2, 256, 2, 2)]
     assert [tuple(t.shape) for t in out.teacher] == expected
     assert [tuple(s.shape) for s in out.student] == expected
     assert net.channels == net.teacher.feature_info.channels() == [64, 128, 256]
     assert [tuple(e.shape) for e in net.expert_features(x)] == expected
     smoothed, score = net.predict(x)
-    assert smoothed.shape == (2, 1, 64, 64) and score.shape == (2,)
+    assert smoothed.shape == (2, 1, 32, 32) and score.shape == (2,)
     assert torch.isfinite(smoothed).all()
     torch.testing.assert_close(score, smoothed.flatten(1).max(1).values)
     assert isinstance(net.train()(x), URDOutput)  # same type in train mode
