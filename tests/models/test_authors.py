@@ -65,7 +65,8 @@ def test_gii_import_loads_simattn(saved):
     net, path = saved
     loaded = load_authors_checkpoint(path, backbone="resnet18", injection="gii")
     ckpt = torch.load(path, weights_only=True)
-    torch.testing.assert_close(loaded.student.conv3x3_simattn[0][0].weight, ckpt["student"]["conv3x3_simattn.0.0.weight"])
+    expected = ckpt["student"]["conv3x3_simattn.0.0.weight"]
+    torch.testing.assert_close(loaded.student.conv3x3_simattn[0][0].weight, expected)
 
 
 def _write(path, obj):

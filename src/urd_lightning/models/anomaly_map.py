@@ -18,7 +18,7 @@ SCIPY_TRUNCATE = 4.0
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = SCIPY_TRUNCATE) -> Tensor:
-    """scipy's 1-D Gaussian weights: radius ``int(truncate·sigma + 0.5)``, normalised to sum 1 (float64)."""
+    """The 1-D Gaussian weights of scipy: radius ``int(truncate·sigma + 0.5)``, normalised to sum 1 (float64)."""
     radius = int(truncate * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -36,8 +36,9 @@ def reflect_indices(size: int, radius: int, device: torch.device | None = None) 
 
 
 class GaussianBlur2d(nn.Module):
-    """Separable Gaussian smoothing equal to ``scipy.ndimage.gaussian_filter(x, sigma, mode='reflect', truncate=4)``
-    applied to each ``(H, W)`` plane of a ``(B, C, H, W)`` tensor.
+    """Separable Gaussian smoothing of every ``(H, W)`` plane of a ``(B, C, H, W)`` tensor.
+
+    Equal to ``scipy.ndimage.gaussian_filter(plane, sigma, mode='reflect', truncate=4)`` (tests check 1e-5 in fp32).
 
     The kernel is built once, as a (non-persistent) buffer, so it follows the module to the GPU and is not stored in
     checkpoints.

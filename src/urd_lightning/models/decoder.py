@@ -41,6 +41,7 @@ class DeBottleneck(nn.Module):
                                        nn.BatchNorm2d(out_ch)) if upsample else None)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in, h, w)`` → ``(B, out, 2h, 2w)`` for the upsampling block, same size otherwise."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -65,6 +66,7 @@ class DeBasicBlock(nn.Module):
                                        nn.BatchNorm2d(out_ch)) if upsample else None)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in, h, w)`` → ``(B, out, 2h, 2w)`` for the upsampling block, same size otherwise."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.upsample is None else self.upsample(x)
@@ -106,6 +108,7 @@ class FusionBottleneck(nn.Module):
         self.bn_layer = nn.Sequential(*blocks)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
+        """``[(B,C1,4h,4w), (B,C2,2h,2w), (B,C3,h,w)]`` → ``(B,C4,h/2,w/2)``."""
         l1 = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(feats[0]))))))
         l2 = self.relu(self.bn3(self.conv3(feats[1])))
         return self.bn_layer(torch.cat([l1, l2, feats[2]], dim=1))

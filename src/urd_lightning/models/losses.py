@@ -64,8 +64,10 @@ def teacher_loss(t_normal: list[Tensor], t_aug: list[Tensor], e_normal: list[Ten
     0.1 · mean_B[1 + cos_flat(T_l(x̃), E_l(x))] pushes the whole corrupted feature *opposite* the clean one.
 
     Args:
-        t_normal, t_aug: teacher features of the normal and synthetic images (with gradient).
-        e_normal, e_aug: expert features of the same images (no gradient).
+        t_normal: teacher features of the normal images (with gradient).
+        t_aug: teacher features of the synthetic images (with gradient).
+        e_normal: expert features of the normal images (no gradient).
+        e_aug: expert features of the synthetic images (no gradient).
         mask: ``(B,1,H,W)`` synthetic-anomaly mask at image size.
         variant: ``"head"`` (reference) or ``"first_commit"``.
     """
@@ -103,12 +105,14 @@ def student_loss(s_normal: list[Tensor], s_aug: list[Tensor] | None, t_normal: l
     their count, 0 when a level has none.)
 
     Args:
-        s_normal, s_aug: student features from T(x) and T(x̃) (with gradient).
+        s_normal: student features from T(x) (with gradient).
+        s_aug: student features from T(x̃), or None without a synthetic batch.
         t_normal: teacher features of the normal image (detached targets).
         e_normal: expert features of the normal image, or None without an expert.
         variant: ``"head"`` or ``"first_commit"``.
         mask: ``(B,1,H,W)`` synthetic mask; needed by ``first_commit`` when ``s_aug`` is given.
-        t_aug, e_aug: teacher/expert features of x̃; needed by ``first_commit`` (``e_aug`` only with an expert).
+        t_aug: teacher features of x̃; needed by ``first_commit``.
+        e_aug: expert features of x̃; needed by ``first_commit`` with an expert.
     """
     _check_variant(variant)
     targets = {"teacher": t_normal} if e_normal is None else {"teacher": t_normal, "expert": e_normal}
