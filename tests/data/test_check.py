@@ -8,8 +8,8 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from helpers.datasets import write_mvtec, write_visa_official
 
+from helpers.datasets import write_mvtec, write_visa_official
 from urd_lightning.data.check import check_dataset
 from urd_lightning.data.cli import main as data_main
 from urd_lightning.data.datamodule import AnomalyDataModule

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.datasets import CASES, benchmark_of
 
+from helpers.datasets import CASES, benchmark_of
 from urd_lightning.data.datamodule import AnomalyDataModule
 
 IMAGE_SIZE = 32
@@ -48,7 +48,7 @@ def test_datamodule_contract(fake_roots, case, tmp_path):
         assert batch["gt_label"].dtype == torch.long
         has_defect = batch["gt_mask"].flatten(1).amax(1).long()
         assert torch.equal(has_defect, batch["gt_label"]), "label disagrees with mask"
-        for label, defect in zip(batch["gt_label"].tolist(), batch["defect_type"]):
+        for label, defect in zip(batch["gt_label"].tolist(), batch["defect_type"], strict=True):
             assert (defect == "good") == (label == 0)
         labels += batch["gt_label"].tolist()
         seen += batch["image_path"]
@@ -104,7 +104,7 @@ def test_foreground_restricts_training_masks(fake_roots, tmp_path):
     for epoch in range(3):
         dm.set_epoch(epoch)
         for batch in dm.train_dataloader():
-            for mask, index in zip(batch["aug_mask"], batch["index"].tolist()):
+            for mask, index in zip(batch["aug_mask"], batch["index"].tolist(), strict=True):
                 foreground = torch.from_numpy(dm.train_data.foregrounds[index])
                 assert not mask[0][foreground == 0].any()
 

@@ -135,8 +135,10 @@ def _unsafe_tar_member(root: Path, member: tarfile.TarInfo) -> str | None:
 
 
 def safe_extract(archive: str | Path, dest: str | Path) -> None:
-    """Extract a tar(.gz/.xz) or zip archive into ``dest`` after checking EVERY member; nothing is written if one is
-    unsafe."""
+    """Extract a tar(.gz/.xz) or zip archive into ``dest``.
+
+    Every member is checked first: nothing is written when one is unsafe.
+    """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
