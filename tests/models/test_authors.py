@@ -1,5 +1,6 @@
 """Import of checkpoints in the authors' key layout (shared/data/authors-checkpoint-keys.json), method §1–2."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def test_gii_import_loads_simattn(saved):
     torch.testing.assert_close(loaded.student.conv3x3_simattn[0][0].weight, expected)
 
 
+def _load_reference():
+    spec = importlib.util.spec_from_file_location("reference_authors", Path(__file__).with_name("reference_authors.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _write(path, obj):
     torch.save(obj, path)
     return path
@@ -94,3 +102,41 @@ def test_bad_files_get_clear_errors(saved, tmp_path):
         load_authors_checkpoint(_write(tmp_path / "extra.pth", extra), backbone="resnet18")
     with pytest.raises(CheckpointError, match="backbone"):
         load_authors_checkpoint(path, backbone="resnet34")
+
+
+def test_imported_maps_match_an_independent_functional_reference(saved):
+    from scipy.ndimage import gaussian_filter
+
+    raw_anomaly_map = _load_reference().raw_anomaly_map
+
+    _, path = saved
+    ckpt = torch.load(path, weights_only=True)
+    loaded = load_authors_checkpoint(path, backbone="resnet18")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    ref = raw_anomaly_map(ckpt, x)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.anomaly_map(x), ref, rtol=0, atol=1e-4)
+        smoothed, score = loaded.predict(x)
+    ref_smoothed = torch.from_numpy(gaussian_filter(ref.numpy(), sigma=(0, 0, 4, 4))).float()
+    torch.testing.assert_close(smoothed, ref_smoothed, rtol=0, atol=1e-4)
+    torch.testing.assert_close(score, ref_smoothed.flatten(1).amax(1), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_wide_resnet50_import_matches_the_functional_reference(tmp_path):
+    torch.manual_seed(8)
+    net = URD(backbone="wide_resnet50_2.tv_in1k", pretrained=False, injection="concat", expert=False,
+              train_teacher=False)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "urd_wrn50.pth"
+    save_authors_checkpoint(net, path)
+    del net
+    loaded = load_authors_checkpoint(path)
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(9))
+    ref = _load_reference().raw_anomaly_map(torch.load(path, weights_only=True), x)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.anomaly_map(x), ref, rtol=0, atol=1e-4)
