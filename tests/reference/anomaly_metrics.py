@@ -29,7 +29,11 @@ def pooled_pro_curve_ref(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarra
 
 
 def pooled_aupro_ref(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
-    fpr, pro = pooled_pro_curve_ref(maps, masks)
+    return integrate_to_limit_ref(*pooled_pro_curve_ref(maps, masks), fpr_limit)
+
+
+def integrate_to_limit_ref(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Trapezoid from (0, 0) to the limit, the last point linearly interpolated, divided by the limit."""
     keep = fpr <= fpr_limit
     x, y = list(fpr[keep]), list(pro[keep])
     if x[-1] < fpr_limit:
