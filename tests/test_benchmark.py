@@ -165,21 +165,43 @@ def test_dry_run_and_task_index(tmp_path: Path, capsys: pytest.CaptureFixture[st
         benchmark.main(["dataset=btad", "--frobnicate"])
 
 
-def test_demo_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    """make benchmark -> table: the real training on the embedded demo data, tiny budget, in-process."""
-    pytest.importorskip("urd_lightning.train", reason="train.py (issue: training entry point) has not landed yet")
-    argv = [
+def tiny_demo(tmp_path: Path, data_root: Path) -> list[str]:
+    return [
         "dataset=demo", f"output_dir={tmp_path}", "run=tiny", "logger=none", "model.backbone=resnet18",
-        "model.pretrained=false", "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.devices=1",
-        "trainer.enable_progress_bar=false", "data.image_size=64", "data.train_batch_size=2", "data.eval_batch_size=4",
-        "data.num_workers=0", "data.root=" + str(tmp_path / "demo_data"), "--in-process",
+        "model.pretrained=false", "trainer.max_steps=1", "trainer.accelerator=cpu", "trainer.devices=1",
+        "trainer.enable_progress_bar=false", "data.image_size=32", "data.train_batch_size=2", "data.eval_batch_size=16",
+        "data.num_workers=0", f"data.root={data_root}", f"data.cache_dir={tmp_path / 'cache'}", "eval.num_samples=1",
     ]  # fmt: skip
+
+
+def test_demo_benchmark_end_to_end(tmp_path: Path):
+    """benchmark -> table with the real training (in-process) on one demo category; the full demo is `slow`."""
+    argv = [*tiny_demo(tmp_path, tmp_path / "demo_data"), "--in-process", "--categories", "weave"]
     assert benchmark.main(argv) == 0
     report = tmp_path / "demo" / "_reports" / "tiny"
     table = (report / "results.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert any(line.startswith("| **mean** (2/2)") for line in rows)
-    assert (report / "results.csv").is_file() and (report / "bars.png").is_file()
-    # Resumable: a second call trains nothing and gives the same table.
+    row = next(line for line in table.splitlines() if line.startswith("| weave |"))
+    metrics = json.loads((tmp_path / "demo" / "weave" / "tiny" / "metrics.json").read_text())
+    assert row.split("|")[2].strip() == f"{100 * metrics['final']['image_AUROC']:.1f}"
+    assert "**mean** (1/1)" in table and (report / "bars.png").is_file() and (report / "roc_curves.png").is_file()
+    csv_text = (report / "results.csv").read_text()
+    assert "config.model.backbone" in csv_text and "train_s" in csv_text
+    # Resumable: a second call trains nothing (the checkpoint is untouched) and gives the same table.
+    ckpt = tmp_path / "demo" / "weave" / "tiny" / "checkpoints" / "last.ckpt"
+    stamp = ckpt.stat().st_mtime_ns
     assert benchmark.main(argv) == 0
-    assert (report / "results.md").read_text() == table
+    assert ckpt.stat().st_mtime_ns == stamp and (report / "results.md").read_text() == table
+
+
+@pytest.mark.slow
+def test_demo_benchmark_every_category_through_the_cli(tmp_path: Path):
+    """What `make benchmark` runs: the CLI, one subprocess per category, every demo category, then the table."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "urd_lightning", "benchmark", *tiny_demo(tmp_path, tmp_path / "demo_data")]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "**mean** (2/2)" in done.stdout
+    for category in ("weave", "disc"):
+        assert (tmp_path / "demo" / category / "tiny" / "metrics.json").is_file()
+        assert (tmp_path / "demo" / "_reports" / "tiny" / "logs" / f"{category}.log").is_file()
