@@ -203,3 +203,26 @@ def test_output_names_keep_folders_and_never_collide(tmp_path: Path) -> None:
 def test_empty_folder_is_a_data_error(tiny: dict, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no image files"):
         predict(tiny["ckpt"], tmp_path, tmp_path / "o", device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_predict_reproduces_evaluation(mvtec_root: Path, tmp_path: Path) -> None:
+    """A real Lightning checkpoint loads with weights_only and predict sees the evaluation's exact inputs:
+    the extreme scores over the test set equal the score statistics the test stage stored."""
+    from urd_lightning.config import load_config
+    from urd_lightning.train import run_dir_of, train
+
+    cfg = load_config([
+        f"data.root={mvtec_root}", "model.backbone=resnet18", "model.pretrained=false", "data.image_size=32",
+        "data.train_batch_size=2", "data.eval_batch_size=7", "data.num_workers=0", "trainer.accelerator=cpu",
+        "trainer.max_steps=1", "trainer.enable_progress_bar=false", "logger=none", f"output_dir={tmp_path}",
+        "eval.num_samples=2", f"data.cache_dir={tmp_path / 'cache'}",
+    ])
+    train(cfg)
+    ckpt = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    summary = predict(ckpt, Path(mvtec_root) / "bottle" / "test", tmp_path / "pred", device="cpu", progress=False)
+    stats = summary["score_stats"]
+    scores = [row["raw_score"] for row in summary["images"]]
+    assert summary["counts"]["unreadable"] == 0 and summary["thresholds"]["source"] == "test"
+    assert min(scores) == pytest.approx(stats["image_min"], abs=1e-5)
+    assert max(scores) == pytest.approx(stats["image_max"], abs=1e-5)
