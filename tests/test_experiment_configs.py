@@ -15,8 +15,12 @@ EXPECTED = {
     "paper": {"model.injection": "gii"},
     "authors": {},  # the defaults follow the authors' scripts; the file pins them
     "rd4ad": {
-        "model.expert": False, "model.train_teacher": False, "model.injection": "none", "model.xavier_init": False,
-        "data.synthesis": False, "data.foreground": "none",
+        "model.expert": False,
+        "model.train_teacher": False,
+        "model.injection": "none",
+        "model.xavier_init": False,
+        "data.synthesis": False,
+        "data.foreground": "none",
     },  # fmt: skip
     "no_expert": {"model.expert": False, "model.train_teacher": False},  # train_teacher is forced by the loader
     "no_gii": {"model.injection": "none"},
