@@ -205,3 +205,50 @@ def test_demo_benchmark_every_category_through_the_cli(tmp_path: Path):
     for category in ("weave", "disc"):
         assert (tmp_path / "demo" / category / "tiny" / "metrics.json").is_file()
         assert (tmp_path / "demo" / "_reports" / "tiny" / "logs" / f"{category}.log").is_file()
+
+
+# ---- cluster scripts: they parse, and the commands they build resolve to valid configs -------------------------
+SLURM = Path(__file__).parents[1] / "experiments" / "slurm"
+
+
+@pytest.mark.parametrize("script", ["array_categories.sbatch", "multinode_ddp.sbatch"])
+def test_slurm_scripts_parse(script: str):
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(SLURM / script)]).returncode == 0
+
+
+def test_array_task_trains_its_category(tmp_path: Path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "3", "DATASET": "mvtec", "PYTHON": sys.executable,
+           "ARGS": f"experiment=paper output_dir={tmp_path} --dry-run", "SLURM_CPUS_PER_TASK": "6"}  # fmt: skip
+    done = subprocess.run(["bash", str(SLURM / "array_categories.sbatch")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert CATEGORY_ORDER["mvtec"][3] == "tile" and "data.category=tile" in line
+    assert "trainer.devices=1" in line and "data.num_workers=6" in line and "run=paper " in line
+    # The dependent --report-only job (README) computes the same run name without the per-task keys.
+    assert benchmark_run_name(["experiment=paper", "trainer.devices=1", "data.num_workers=6"]) == "paper"
+
+
+def test_multinode_script_builds_a_valid_ddp_config(tmp_path: Path):
+    import os
+    import shlex
+    import subprocess
+
+    from urd_lightning.config import load_config
+
+    fake_srun = tmp_path / "srun"
+    fake_srun.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {shlex.quote(str(tmp_path / "argv"))}\n')
+    fake_srun.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_NNODES": "2",
+           "SLURM_NTASKS_PER_NODE": "4", "DATASET": "visa", "CATEGORY": "pcb1", "ARGS": "experiment=paper"}  # fmt: skip
+    done = subprocess.run(["bash", str(SLURM / "multinode_ddp.sbatch")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[1:4] == ["-m", "urd_lightning", "train"]
+    cfg = load_config(argv[4:])
+    assert (cfg.dataset, cfg.data.category, cfg.model.injection) == ("visa", "pcb1", "gii")
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")

@@ -37,11 +37,14 @@ from urd_lightning.report import REPORTS_DIRNAME, RunRecord, flatten, read_run, 
 log = logging.getLogger(__name__)
 
 # Keys that say where or how a run is executed or logged, not what is trained: they neither change the run name nor
-# make a finished category "a different config" when resuming.
+# make a finished category "a different config" when resuming. Device counts are among them so that a SLURM array
+# (trainer.devices=1) and its --report-only job agree on the run name; a DDP run changes the effective batch size,
+# so give it its own run= when comparing.
 VOLATILE_KEYS = (
     "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
-    "data.dtd_root", "data.num_workers", "data.eval_batch_size", "eval.num_samples", "trainer.accelerator",
-    "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+    "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
 )  # fmt: skip
 
 
