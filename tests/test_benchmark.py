@@ -252,3 +252,37 @@ def test_multinode_script_builds_a_valid_ddp_config(tmp_path: Path):
     cfg = load_config(argv[4:])
     assert (cfg.dataset, cfg.data.category, cfg.model.injection) == ("visa", "pcb1", "gii")
     assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
+
+
+def readme_commands(module_command: str) -> list[list[str]]:
+    """Arguments of every documented `-m urd_lightning <module_command>` line in experiments/README.md."""
+    import re
+    import shlex
+
+    text = (Path(__file__).parents[1] / "experiments" / "README.md").read_text().replace("\\\n", " ")
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            words = shlex.split(line.split(" #")[0].strip("$ ").replace("$e", "paper"))
+            at = words.index("-m") if "-m" in words else -1
+            if at >= 0 and words[at + 1 : at + 3] == ["urd_lightning", module_command]:
+                "urd_lightning",
+                module_command,
+            ]:
+                found.append(words[at + 3 :])
+    return found
+
+
+def test_documented_commands_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from urd_lightning.config import load_config
+
+    trains, benches = readme_commands("train"), readme_commands("benchmark")
+    assert trains and len(benches) >= 5
+    for argv in trains:
+        load_config(argv)
+    for argv in benches:  # the runner's flags parse, and the overrides resolve (for one category: fast)
+        args, overrides = benchmark._parser().parse_known_args(argv)
+        pairs = dict(item.split("=", 1) for item in overrides)
+        dataset = pairs.pop("dataset", "demo")
+        first = args.categories.split(",")[:1] if args.categories else benchmark.dataset_categories(dataset)[:1]
+        plan(dataset, [f"{k}={v}" for k, v in pairs.items()], categories=first)
