@@ -266,9 +266,6 @@ def readme_commands(module_command: str) -> list[list[str]]:
             words = shlex.split(line.split(" #")[0].strip("$ ").replace("$e", "paper"))
             at = words.index("-m") if "-m" in words else -1
             if at >= 0 and words[at + 1 : at + 3] == ["urd_lightning", module_command]:
-                "urd_lightning",
-                module_command,
-            ]:
                 found.append(words[at + 3 :])
     return found
 
