@@ -114,3 +114,18 @@ def test_degenerate_pooled_inputs() -> None:
     assert float(F.auroc(constant)) == pytest.approx(0.5)
     assert float(F.average_precision(constant)) == pytest.approx(0.1)
     assert float(F.pooled_aupro(constant)) == pytest.approx(0.15)  # the diagonal, integrated to 0.3 / 0.3
+
+
+def test_normal_placement_fast_path_equals_binary_search() -> None:
+    # Crowded buckets (runs of adjacent floats), exact ties between normal and anomalous scores, values out of range.
+    rng = np.random.default_rng(7)
+    base = rng.random(300).astype(np.float32)
+    crowd = np.nextafter(np.float32(0.5), np.float32(1), dtype=np.float32) + np.arange(50, dtype=np.float32) * 1e-7
+    a_vals = torch.from_numpy(np.unique(np.concatenate([base, crowd]).astype(np.float32)))
+    normal = torch.from_numpy(
+        np.concatenate([rng.random(5000), base[:100], crowd[::3], [-5.0, 7.0]]).astype(np.float32)
+    )
+    counts = F._normal_level_counts(normal, a_vals)
+    idx = torch.searchsorted(a_vals, normal)
+    level = 2 * idx + (a_vals[idx.clamp(max=len(a_vals) - 1)] == normal)
+    assert torch.equal(counts, torch.bincount(level, minlength=2 * len(a_vals) + 1).double())

@@ -16,6 +16,7 @@ twice; the project evaluates with an unpadded sharded sampler (design.md, data s
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -23,7 +24,7 @@ from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.data import dim_zero_cat
 
 from urd_lightning.metrics import functional as F
-from urd_lightning.metrics.per_image import label_regions, per_image_aupro
+from urd_lightning.metrics.per_image import anomalous_region_sizes, per_image_aupro
 
 FPR_LIMIT = 0.3  # MVTec AD's AUPRO integrates PRO up to FPR 0.3, also used by RD4AD and URD
 
@@ -47,7 +48,8 @@ def prepare_inputs(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         raise F.MetricInputError(f"anomaly maps must be floating point, got {preds.dtype}")
     if preds.dtype in (torch.float16, torch.bfloat16):
         preds = preds.float()  # half precision would create ties that the map does not have
-    if not bool(torch.isfinite(preds).all()):
+    finite = np.isfinite(preds.numpy()).all() if preds.device.type == "cpu" else torch.isfinite(preds).all()
+    if not bool(finite):
         raise F.MetricInputError("anomaly maps contain NaN or inf; check the model output (e.g. a diverged loss)")
     return preds.detach(), target.detach() != 0
 
@@ -87,20 +89,27 @@ class PooledPixelStore(Metric):
                 self.add_state(name, torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
 
     def _update_pixels(self, scores: Tensor, mask: Tensor) -> None:
-        labels, sizes = label_regions(mask)
-        self.num_regions += (sizes > 0).sum()
+        sizes, regions = anomalous_region_sizes(mask)
+        self.num_regions += regions
+        if scores.device.type == "cpu":  # numpy's boolean indexing is ~10x faster than torch's on the CPU
+            s_np, m_np = scores.numpy(), mask.numpy()
+            normal, anomalous = torch.from_numpy(s_np[~m_np]), torch.from_numpy(s_np[m_np])
+        else:
+            normal, anomalous = scores[~mask], scores[mask]
         if self.num_bins is None:
-            self.normal_scores.append(scores[~mask])
-            self.anomalous_scores.append(scores[mask])
-            self.region_sizes.append(sizes.gather(1, labels.flatten(1)).view_as(labels)[mask].int())
+            self.normal_scores.append(normal)
+            self.anomalous_scores.append(anomalous)
+            self.region_sizes.append(sizes)
             return
         lo, hi = self.score_range
         k = self.num_bins
-        idx = ((scores.double() - lo) * (k / (hi - lo))).floor_().clamp_(0, k - 1).long()
-        weight = 1.0 / sizes.gather(1, labels.flatten(1)).view_as(labels)[mask].double()
-        self.neg_hist += torch.bincount(idx[~mask], minlength=k).double()
-        self.pos_hist += torch.bincount(idx[mask], minlength=k).double()
-        self.weight_hist += torch.bincount(idx[mask], weights=weight, minlength=k)
+
+        def bin_index(x: Tensor) -> Tensor:
+            return ((x.double() - lo) * (k / (hi - lo))).floor_().clamp_(0, k - 1).long()
+
+        self.neg_hist += torch.bincount(bin_index(normal), minlength=k).double()
+        self.pos_hist += torch.bincount(bin_index(anomalous), minlength=k).double()
+        self.weight_hist += torch.bincount(bin_index(anomalous), weights=1.0 / sizes.double(), minlength=k)
 
     def levels(self) -> F.Levels:
         """The (synced) states as tie groups; call inside ``compute``."""

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from urd_lightning.errors import URDError
 
+_LOCAL = 4  # anomalous values compared directly per coarse bucket before falling back to a binary search
 _CHUNK = 1 << 22  # pixels handled per pass when placing normals: bounds the int64 temporaries to ~32 MiB
 
 
@@ -70,27 +71,28 @@ def _normal_level_counts(normal: Tensor, a_vals: Tensor) -> Tensor:
     fast = bool(torch.isfinite(scale)) and bool(scale > 0)
     if fast:
         a_bucket = _coarse(a_vals, lo, scale, k)
-        occupied = torch.zeros(k + 2, dtype=torch.bool, device=normal.device)
-        occupied[a_bucket] = True
-        # Normals in a bucket without anomalous values all sit in one gap: below every anomalous value of a higher
-        # bucket and above every one of a lower bucket, so their level is 2 * (#anomalous values in lower buckets).
-        gap_level = 2 * torch.searchsorted(a_bucket, torch.arange(k + 2, device=normal.device))
+        per_bucket = torch.bincount(a_bucket, minlength=k + 2)
+        first = per_bucket.cumsum(0) - per_bucket  # anomalous values in lower buckets
+        occupancy = int(per_bucket.max())
     for start in range(0, normal.numel(), _CHUNK):
         x = normal[start : start + _CHUNK]
-        if fast:
+        if not fast:
+            idx = torch.searchsorted(a_vals, x)
+            level = 2 * idx + (a_vals[idx.clamp(max=u - 1)] == x)
+        else:
+            # Normals of a bucket lie above every anomalous value of lower buckets and below those of higher ones;
+            # only the (few, sorted) anomalous values of their own bucket need comparing.
             bucket = _coarse(x, lo, scale, k)
-            level = gap_level[bucket]
-            need = occupied[bucket]
-            xr = x[need]
-        else:
-            level = torch.empty(x.numel(), dtype=torch.long, device=x.device)
-            need, xr = None, x
-        idx = torch.searchsorted(a_vals, xr)
-        exact = 2 * idx + (a_vals[idx.clamp(max=u - 1)] == xr)
-        if need is None:
-            level = exact
-        else:
-            level[need] = exact
+            f, c = first[bucket], per_bucket[bucket]
+            level = 2 * f
+            for j in range(min(occupancy, _LOCAL)):
+                v = a_vals[(f + j).clamp_(max=u - 1)]
+                inside = c > j
+                level += 2 * (inside & (v < x)) + (inside & (v == x))
+            if occupancy > _LOCAL:  # crowded buckets (near-identical anomalous scores): binary search there
+                crowded = c > _LOCAL
+                idx = torch.searchsorted(a_vals, x[crowded])
+                level[crowded] = 2 * idx + (a_vals[idx.clamp(max=u - 1)] == x[crowded])
         counts += torch.bincount(level, minlength=2 * u + 1).double()
     return counts
 

@@ -52,6 +52,26 @@ def label_regions(mask: Tensor) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(labels).to(mask.device).long(), torch.from_numpy(sizes).to(mask.device)
 
 
+def anomalous_region_sizes(mask: Tensor) -> tuple[Tensor, int]:
+    """Size of the 8-connected region of every anomalous pixel, in ``mask[mask]`` order, and the region count.
+
+    Args:
+        mask: (B, H, W) bool, any device.
+
+    Returns:
+        ``(sizes (M,) int32 on mask's device, number of regions)``; only images with a defect are labelled.
+    """
+    masks = mask.detach().cpu().numpy()
+    out, regions = [], 0
+    for m in masks:
+        if m.any():
+            n, lab, stats, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+            out.append(stats[:, cv2.CC_STAT_AREA].astype(np.int32)[lab[m]])
+            regions += n - 1
+    sizes = np.concatenate(out) if out else np.zeros(0, np.int32)
+    return torch.from_numpy(sizes).to(mask.device), regions
+
+
 def arange_thresholds(lo: Tensor, hi: Tensor, num: int = _NUM_THRESHOLDS) -> tuple[Tensor, Tensor]:
     """Per-image ``np.arange(lo, hi, (hi - lo) / num)`` in float64, padded with +inf.
 
