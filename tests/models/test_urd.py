@@ -157,6 +157,11 @@ def test_xavier_init_on_conv2d_only():
     assert deconv.weight.abs().max().item() <= bound + 1e-6
 
 
+def test_input_size_must_be_a_multiple_of_32():
+    with pytest.raises(ConfigError, match="image_size"):
+        _tiny()(torch.randn(1, 3, 48, 48))
+
+
 def test_config_records_the_injection():
     assert _tiny(injection="concat").config["injection"] == "concat"
 

@@ -116,7 +116,12 @@ class URD(nn.Module):
         return self.student(teacher_feats)
 
     def forward(self, x: Tensor) -> URDOutput:
-        """Teacher and student features of ``x`` ``(B,3,H,W)`` (ImageNet-normalised)."""
+        """Teacher and student features of ``x`` ``(B,3,H,W)`` (ImageNet-normalised; H, W multiples of 32)."""
+        # The bottleneck halves layer3 once more (stride 32 in all) and the decoder doubles back up, so other sizes
+        # would not line up with the teacher's levels.
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ConfigError(f"input size {tuple(x.shape[-2:])} is not a multiple of 32; set data.image_size to a "
+                              "multiple of 32 (the paper uses 256)")
         teacher = self.teacher_features(x)
         return URDOutput(teacher=teacher, student=self.student_features(teacher))
 
