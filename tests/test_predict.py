@@ -1,6 +1,6 @@
 """predict: checkpoint loading, images of any mode, outputs, thresholds, normalisation (issue 6).
 
-Tiny model (resnet18, random weights, 64 px). Reference scores come from the in-memory network that wrote the
+Tiny model (resnet18, random weights, 32 px). Reference scores come from the in-memory network that wrote the
 checkpoint (expert included), fed through the evaluation transforms — so they check the save/load round trip,
 the expert-less rebuild, batching and preprocessing together.
 """
@@ -26,7 +26,7 @@ from urd_lightning.models import URD
 from urd_lightning.outputs import output_names
 from urd_lightning.predict import predict
 
-SIZE = 64
+SIZE = 32
 STATS = {"image_min": 0.1, "image_max": 2.1, "pixel_min": 0.0, "pixel_max": 2.5}
 
 

@@ -154,7 +154,9 @@ def build_inference_model(state: dict[str, torch.Tensor], info: CheckpointInfo) 
     try:
         model = URD(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{info.path}: cannot rebuild URD from its stored kwargs {info.model_kwargs}: {exc}")
+        raise CheckpointError(
+            f"{info.path}: cannot rebuild URD from its stored kwargs {info.model_kwargs}: {exc}"
+        ) from exc
     weights = {key: value for key, value in state.items() if not key.startswith("expert.")}
     result = model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:

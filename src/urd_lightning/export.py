@@ -66,8 +66,11 @@ class InferenceGraph(nn.Module):
         self.eval()
 
     def train(self, mode: bool = True) -> InferenceGraph:
-        """Stay in eval mode: the legacy ONNX exporter restores the wrapper's mode after export, and train mode
-        would switch BatchNorm to batch statistics (and update them) in the parity reference."""
+        """Always eval mode, whatever ``mode`` says.
+
+        The legacy ONNX exporter restores the wrapper's mode after export; train mode would switch BatchNorm to
+        batch statistics (and update them) in the parity reference.
+        """
         return super().train(False)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:

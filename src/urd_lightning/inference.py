@@ -51,7 +51,7 @@ def normalize_scores(raw: Tensor, threshold: float, min_value: float, max_value:
     return ((raw - threshold) / span + 0.5).clamp(0.0, 1.0)
 
 
-def preprocess(images: Sequence[np.ndarray], image_size: int) -> Tensor:
+def preprocess(images: Sequence[np.ndarray], image_size: int, resizer: Resizer | None = None) -> Tensor:
     """Turn 8-bit RGB arrays into the normalised batch the model was evaluated on.
 
     Reuses the evaluation pipeline of :mod:`urd_lightning.data.transforms` (its ``Resizer`` and ``normalize``), so
@@ -60,11 +60,12 @@ def preprocess(images: Sequence[np.ndarray], image_size: int) -> Tensor:
     Args:
         images: ``(H, W, 3) uint8`` RGB arrays of any sizes.
         image_size: the checkpoint's square input side.
+        resizer: a ``Resizer(image_size)`` to reuse (built here when ``None``).
 
     Returns:
         ``(B, 3, image_size, image_size) float32``.
     """
-    resizer = Resizer(image_size)
+    resizer = resizer if resizer is not None else Resizer(image_size)
     return torch.stack([normalize(resizer(image)[0].astype(np.float32) / 255.0) for image in images])
 
 
@@ -139,6 +140,7 @@ class URDInferencer:
         self.threshold_source = "override" if threshold is not None else str(stored.get("source", "checkpoint"))
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval()
+        self._resizer = Resizer(info.image_size)
 
     @classmethod
     def from_checkpoint(
@@ -171,7 +173,7 @@ class URDInferencer:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
         """Resize and normalise 8-bit RGB arrays into a model batch (see :func:`preprocess`)."""
-        return preprocess(images, self.image_size)
+        return preprocess(images, self.image_size, self._resizer)
 
     @torch.no_grad()
     def predict(self, batch: Tensor) -> PredictionBatch:
