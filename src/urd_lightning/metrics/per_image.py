@@ -120,22 +120,21 @@ def _per_image_chunk(scores: Tensor, labels: Tensor, sizes: Tensor, fpr_limit: f
         return torch.zeros(n_img, dtype=torch.float64, device=s.device)
     b = _place(s, thr, lo, (hi - lo) / _NUM_THRESHOLDS, count)
     nb = width + 1
-    img = torch.arange(n_img, device=s.device)[:, None].expand_as(b)
-    normal = lab == 0
-    # Pixels positive at threshold k are those with b > k: a reversed cumulative histogram over b.
-    fp_hist = torch.bincount((img * nb + b)[normal], minlength=n_img * nb).view(n_img, nb).double()
-    fp = fp_hist.flip(1).cumsum(1).flip(1)[:, 1:]
-    n_neg = fp_hist.sum(1, keepdim=True)
-    fpr = torch.where(n_neg > 0, fp / n_neg.clamp(min=1), 0.0)
-    # Regions get compact ids g (image-major, as labels are 1..R_i per image): histograms stay (regions, thresholds).
+    # One histogram over (group, b): groups 0..I-1 are each image's normal pixels, I.. its regions (compact ids,
+    # image-major as labels are 1..R_i). Pixels positive at threshold k are those with b > k: a reversed cumsum.
     present = sizes[:, 1:] > 0
     n_reg = present.sum(1)
-    offset = n_reg.cumsum(0) - n_reg
+    offset = n_reg.cumsum(0) - n_reg + n_img - 1
+    img = torch.arange(n_img, device=s.device)[:, None]
+    group = torch.where(lab == 0, img, offset[:, None] + lab)
+    hist = torch.bincount((group * nb + b).flatten(), minlength=(n_img + int(n_reg.sum())) * nb).view(-1, nb)
+    hist = hist.double()
+    positive = hist.flip(1).cumsum(1).flip(1)[:, 1:]
+    n_neg = hist[:n_img].sum(1, keepdim=True)
+    fpr = torch.where(n_neg > 0, positive[:n_img] / n_neg.clamp(min=1), 0.0)
     region_size = sizes[:, 1:][present].double()
     region_img = torch.repeat_interleave(torch.arange(n_img, device=s.device), n_reg)
-    g = (offset[:, None] + lab - 1)[~normal]
-    tp_hist = torch.bincount(g * nb + b[~normal], minlength=region_size.numel() * nb).view(-1, nb).double()
-    tp = tp_hist.flip(1).cumsum(1).flip(1)[:, 1:]
+    tp = positive[n_img:]
     pro = torch.zeros(n_img, width, dtype=torch.float64, device=s.device)
     pro.index_add_(0, region_img, tp / region_size[:, None])
     pro = pro / n_reg.clamp(min=1)[:, None].double()
