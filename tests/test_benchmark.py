@@ -102,6 +102,26 @@ def test_resume_skips_finished_and_failure_does_not_stop_the_others(tmp_path: Pa
     assert calls == ["carpet", "carpet", "bottle", "zipper"]
 
 
+def test_interrupted_category_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    seen: list[Job] = []
+
+    def fake(job: Job) -> str:
+        seen.append(job)
+        write_fake_results(job)
+        return ""
+
+    monkeypatch.setattr(benchmark, "_run_in_process", fake)
+    jobs = plan("mvtec", [f"output_dir={tmp_path}", "run=r"], categories=["bottle", "cable"])
+    for job in jobs:  # both were interrupted: config.yaml and a checkpoint, no metrics.json
+        (job.run_dir / "checkpoints").mkdir(parents=True)
+        (job.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+        (job.run_dir / "config.yaml").write_text(to_yaml(job.cfg))
+    (jobs[1].run_dir / "config.yaml").write_text(to_yaml(plan("mvtec", ["seed=5"], ["cable"])[0].cfg))
+    run_benchmark(jobs, in_process=True)
+    assert seen[0].cfg.resume == "last" and "resume=last" in seen[0].argv
+    assert seen[1].cfg.resume is None  # its checkpoint is from another config (seed): start over
+
+
 def test_results_of_another_config_are_a_conflict_not_a_skip(tmp_path: Path, fake_in_process):
     calls, _ = fake_in_process
     old = plan("mvtec", [f"output_dir={tmp_path}", "run=r", "optim.lr_student=0.001"], categories=["bottle"])

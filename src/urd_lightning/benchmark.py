@@ -27,7 +27,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from urd_lightning import config as urd_config
 from urd_lightning.errors import ConfigError
@@ -120,6 +120,14 @@ def config_diff(job: Job) -> list[str]:
     return sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
 
 
+def with_resume(job: Job) -> Job:
+    """The same job continuing from its run's ``checkpoints/last.ckpt`` (``resume=last``)."""
+    cfg = job.cfg.copy()
+    with open_dict(cfg):
+        cfg.resume = "last"
+    return Job(job.category, [*job.argv, "resume=last"], cfg)
+
+
 def train_command(job: Job) -> list[str]:
     """The subprocess command of one category: ``<python> -m urd_lightning train <argv>``."""
     return [sys.executable, "-m", "urd_lightning", "train", *job.argv]
@@ -205,6 +213,8 @@ def run_benchmark(
     )
 
     def one(job: Job, gpu: str | None = None) -> RunRecord:
+        if not force and (job.run_dir / "checkpoints" / "last.ckpt").is_file() and not config_diff(job):
+            job = with_resume(job)  # an interrupted run of this config: continue it rather than start over
         log.info("%s: training (%s)", job.category, " ".join(job.argv))
         if in_process:
             error = _run_in_process(job)
