@@ -133,3 +133,17 @@ def test_two_processes_with_uneven_shards_equal_single_process() -> None:
     for rank_results in run_ddp(makers, MAPS, MASKS, shards):
         for result, expected in zip(rank_results, single, strict=True):
             assert result == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("num_bins", [None, 2048])
+def test_cuda_tensors_give_the_cpu_values(num_bins: int | None) -> None:
+    cpu = feed(AnomalyMetrics(num_bins=num_bins, score_range=(-3.0, 4.0)), MAPS, MASKS, [3, 5]).compute()
+    metric = AnomalyMetrics(num_bins=num_bins, score_range=(-3.0, 4.0)).cuda()
+    for i in (0, 3):
+        n = 3 if i == 0 else 5
+        metric.update(torch.from_numpy(MAPS[i : i + n]).cuda(), torch.from_numpy(MASKS[i : i + n]).cuda())
+    gpu = metric.compute()
+    for name in METRIC_NAMES:
+        assert float(gpu[name]) == pytest.approx(float(cpu[name]), abs=1e-9), name
