@@ -113,8 +113,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the slow per-threshold loop")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     maps, masks = make_data(args.images, args.size)
     maps_t, masks_t = torch.from_numpy(maps).to(args.device), torch.from_numpy(masks).to(args.device)
     print(
