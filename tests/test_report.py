@@ -163,3 +163,11 @@ def test_errors_name_the_file(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(URDError, match="no metrics.json"):
         main([str(tmp_path / "empty")])
+
+
+def test_main_lists_the_benchmark_categories_that_have_no_results(tmp_path: Path):
+    make_run(tmp_path, "btad", "02", "r", 0.9)
+    assert main([str(tmp_path / "btad"), "--no-plots"]) == 0
+    table = (tmp_path / "btad" / "_reports" / "r" / "results.md").read_text()
+    assert "01 (missing)" in table and "03 (missing)" in table and "**mean** (1/3)" in table
+    assert "Δ mean − paper" not in table

@@ -232,6 +232,16 @@ def write_report(
     return paths
 
 
+def _known_categories(dataset: str) -> list[str] | None:
+    """The benchmark's full category list, so a partial results folder shows what is missing (None if unknown)."""
+    from urd_lightning.benchmark import dataset_categories  # local: benchmark imports this module
+
+    try:
+        return dataset_categories(dataset)
+    except URDError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``report DIR [--out DIR] [--no-plots]``: tables and plots for every (dataset, run) under DIR."""
     parser = argparse.ArgumentParser(prog="python -m urd_lightning report", description=main.__doc__)
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) / (f"{dataset}-{run}" if len(groups) > 1 else "")
         else:
             out = records[0].path.parent.parent / REPORTS_DIRNAME / run  # results/<dataset>/_reports/<run>
-        paths = write_report(dataset, run, records, out, plots=not args.no_plots)
+        paths = write_report(dataset, run, records, out, _known_categories(dataset), plots=not args.no_plots)
         log.info("%s", paths["markdown"].read_text())
         log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
