@@ -177,6 +177,19 @@ class URDModule(LightningModule):
         self.samples = []
         self._eval_scores = []
 
+    def _sync_buffers(self) -> None:
+        """Give every rank rank zero's BatchNorm statistics (what DDP's next forward would broadcast anyway).
+
+        DDP broadcasts buffers only at the start of each forward, and each rank then updates its teacher/student BN
+        statistics on its own batches; without this, ranks would evaluate and end training with different ones.
+        """
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._sync_buffers()  # cheap (BN statistics only); keeps ranks identical after every iteration
+
     def on_validation_epoch_start(self) -> None:
         self._pick_samples(self.trainer.val_dataloaders)
 
@@ -250,6 +263,10 @@ class URDModule(LightningModule):
             "dataset": str(self.hparams.dataset), "category": str(self.hparams.category),
             "thresholds": self.thresholds, "score_stats": self.score_stats,
         }
+        checkpoint["urd_periodic"] = list(self.periodic)  # periodic test-set evaluations survive a resume
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.periodic = list(checkpoint.get("urd_periodic", []))
 
 
 def _decimate(x: Tensor, y: Tensor, points: int = 2000) -> tuple[Tensor, Tensor]:

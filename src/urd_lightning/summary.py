@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+TRAIN_STATE = "train_state.json"  # steps, training time and periodic evaluations, written at the end of training
 METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
                 "pixel_AUPRO_per_image")
 
@@ -96,3 +100,72 @@ def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
         lines.append("* oracle = best periodic evaluation on the TEST set (the authors' selection); not a fair score")
     lines.append(f"results: {run_dir}")
     return "\n".join(lines)
+
+
+class ResultsWriter(Callback):
+    """Writes the run's results where the evaluation happened, so ``ddp_spawn``/``ddp_fork`` runs lose nothing.
+
+    After the final test evaluation rank zero adds the thresholds and score statistics to ``last.ckpt`` and writes
+    ``metrics.json``, the curve plots, the logger summary and the table; the other ranks wait for it.
+    """
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any], logger: Any = None) -> None:
+        self.run_dir, self.meta, self.logger = Path(run_dir), dict(meta), logger
+        self.durations: dict[str, float] = {"train_s": 0.0, "eval_s": 0.0}
+        self._start = 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Kept in a file: with ddp_spawn/ddp_fork the fit ran in processes that are gone when the test starts.
+        if trainer.global_rank == 0:
+            state = {"train_s": round(time.perf_counter() - self._start, 2), "steps": int(pl_module.iteration),
+                     "periodic": list(pl_module.periodic)}
+            write_text_atomic(self.run_dir / TRAIN_STATE, json.dumps(state) + "\n")
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.durations["eval_s"] = round(time.perf_counter() - self._start, 2)
+        if trainer.global_rank == 0:
+            self._add_extras(pl_module)
+            self._write(trainer, pl_module)
+        trainer.strategy.barrier("urd_results_written")  # other ranks read metrics.json back in train()
+
+    def _add_extras(self, pl_module: LightningModule) -> None:
+        """Put the test-set thresholds and score statistics into ``last.ckpt``.
+
+        The file is rewritten rather than saved anew from the trainer, so it keeps the training loops' state exactly
+        as it was at the end of training and ``resume=last`` continues from there.
+        """
+        path = self.run_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            return
+        import torch
+
+        from urd_lightning.callbacks import AtomicCheckpointIO
+
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        pl_module.on_save_checkpoint(checkpoint)
+        AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        state_file = self.run_dir / TRAIN_STATE
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        self.durations["train_s"] = float(state.get("train_s", 0.0))
+        pl_module.periodic = state.get("periodic", pl_module.periodic)
+        oracle = pl_module.oracle()
+        payload: dict[str, Any] = {**self.meta, "final": pl_module.final, "durations": dict(self.durations),
+                                   "steps": int(state.get("steps", pl_module.iteration))}
+        if oracle is not None:
+            payload["oracle"] = oracle
+            payload["periodic"] = pl_module.periodic
+        write_metrics(self.run_dir, payload)
+        plot_curves(self.run_dir, pl_module.curves or {})
+        from urd_lightning.logging_setup import log_summary
+
+        log_summary(self.logger, {f"final/{k}": v for k, v in pl_module.final.items()}
+                    | {f"oracle/{k}": v for k, v in (oracle or {}).items()} | self.durations)
+        print(summary_table(payload, self.run_dir), flush=True)  # the user-facing result of `make train`

@@ -14,14 +14,14 @@ One (dataset, category) per run; results go to ``<output_dir>/<dataset>/<categor
 
 from __future__ import annotations
 
+import json
 import logging
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from urd_lightning.callbacks import AtomicCheckpointIO, EvaluationLine, PicturePanels
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.errors import CheckpointError, ConfigError
-from urd_lightning.logging_setup import build_logger, log_summary, setup_console_logging
-from urd_lightning.summary import plot_curves, summary_table, write_metrics, write_text_atomic
+from urd_lightning.logging_setup import build_logger, setup_console_logging
+from urd_lightning.summary import ResultsWriter, write_text_atomic
 
 log = logging.getLogger("urd_lightning")
 DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
@@ -94,11 +94,12 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(path)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
     """Train and evaluate one (dataset, category); returns the final metrics (and ``oracle/<metric>`` if any).
 
     Args:
         cfg: a config from :func:`urd_lightning.config.load_config`.
+        callbacks: extra Lightning callbacks (tests and user extensions).
 
     Returns:
         ``{metric: value}`` of the final-iteration evaluation, plus ``oracle/<metric>`` when periodic test-set
@@ -107,6 +108,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     setup_console_logging()
     # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, urd-method.md §3.3).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+    # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
+    warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
     run_dir = run_dir_of(cfg)
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # as the authors set them
@@ -122,39 +125,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
+    meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection}
+    results = ResultsWriter(run_dir, meta, logger)
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
-        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine()], plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results, *(callbacks or [])],
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards itself (no padded duplicates in evaluation)
         num_sanity_val_steps=0, enable_model_summary=False,
         # Periodic evaluation uses the TEST set (the data module's val loader), for curves and "oracle" numbers.
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, run_dir))
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
-    eval_s = time.perf_counter() - start
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # now with thresholds and score statistics
-    oracle = module.oracle()
-    payload: dict[str, Any] = {
-        "dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
-        "final": module.final, "durations": {"train_s": round(train_s, 2), "eval_s": round(eval_s, 2)},
-        "steps": int(module.iteration),
-    }
-    if oracle is not None:
-        payload["oracle"] = oracle
-        payload["periodic"] = module.periodic
-    if trainer.global_rank == 0:
-        write_metrics(run_dir, payload)
-        plot_curves(run_dir, module.curves or {})
-        log_summary(logger, {f"final/{k}": v for k, v in module.final.items()}
-                    | {f"oracle/{k}": v for k, v in (oracle or {}).items()} | payload["durations"])
-        print(summary_table(payload, run_dir), flush=True)  # the user-facing result of `make train`
-    result = dict(module.final)
-    result.update({f"oracle/{k}": float(v) for k, v in (oracle or {}).items() if k != "step"})
+    # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
+    payload = json.loads((run_dir / "metrics.json").read_text())
+    result = {k: float(v) for k, v in payload["final"].items()}
+    result.update({f"oracle/{k}": float(v) for k, v in (payload.get("oracle") or {}).items() if k != "step"})
     return result
 
 
