@@ -5,8 +5,9 @@ maps, plus 4 bytes per anomalous pixel for its region size; ``compute()`` needs 
 The per-image AUPRO keeps only a sum and a count (its value is final once an image is seen). For test sets too large
 for that, ``num_bins`` switches pooled metrics to streaming histograms over ``score_range`` (3 float64 per bin, no
 per-pixel state); the result then equals the exact metric on scores rounded down to the bin edges (out-of-range
-scores clamp into the end bins). Measured on 200 random-ramp maps of 256^2 (``experiments/bench_metrics.py``): the
-pooled AUPRO moves by < 1e-4 with 10 000 bins, AUROC and AP by < 1e-5.
+scores clamp into the end bins). Measured on 200 synthetic 256^2 maps in [0, 1] (``experiments/bench_metrics.py``):
+the largest error over pixel AUROC, AP and pooled AUPRO was 1.3e-3 with 1 000 bins and 1.3e-4 with 10 000 bins
+(it shrinks about linearly with the bin width).
 
 DDP: the states declare their reduction (lists are concatenated, counts and histograms summed), so every rank's
 ``compute()`` equals the single-process value on the union of the shards, for uneven shards too. A padded
