@@ -118,13 +118,14 @@ def _log_wandb_images(logger: WandbLogger, images: list[tuple[dict[str, Any], Pa
     try:
         import wandb
 
-        logged = []
+        panels, overlays = [], []
         for sample, path in images:
             mask = sample["gt_mask"].numpy().astype("uint8")
-            logged.append(wandb.Image(str(path), caption=f"{sample['path']} score={sample['score']:.3f}"))
-            logged.append(wandb.Image(denormalize(sample["image"]).numpy(), caption=f"{sample['defect_type']} mask",
-                                      masks={"ground_truth": {"mask_data": mask, "class_labels": {1: "defect"}}}))
-        logger.experiment.log({f"images/{tag}": logged, "trainer/global_step": step})
+            panels.append(wandb.Image(str(path), caption=f"{sample['path']} score={sample['score']:.3f}"))
+            overlays.append(wandb.Image(denormalize(sample["image"]).numpy(), caption=sample["defect_type"],
+                                        masks={"ground_truth": {"mask_data": mask, "class_labels": {1: "defect"}}}))
+        # Two keys: W&B wants images of one size per list (panels are wider than the images).
+        logger.experiment.log({f"panels/{tag}": panels, f"masks/{tag}": overlays, "trainer/global_step": step})
     except Exception as exc:  # noqa: BLE001 - logging must never kill a run
         log.warning("W&B image logging failed (%s); training continues.", exc)
 
@@ -145,3 +146,33 @@ class EvaluationLine(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._line("final", getattr(pl_module, "iteration", trainer.global_step), getattr(pl_module, "final", {}))
+
+
+class IterationProgress(Callback):
+    """One progress bar over the whole run in URD iterations (not epochs), with the losses and the ETA."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        from tqdm.auto import tqdm
+
+        per_iteration = getattr(pl_module, "steps_per_iteration", 1)
+        self.bar = tqdm(total=trainer.max_steps // per_iteration, initial=getattr(pl_module, "iteration", 0),
+                        desc="train", unit="it", dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(getattr(pl_module, "iteration", trainer.global_step) - self.bar.n)
+        losses = {k.split("/")[-1].replace("loss_", ""): float(v) for k, v in trainer.callback_metrics.items()
+                  if k in ("train/loss_teacher", "train/loss_student")}
+        self.bar.set_postfix({f"loss_{k}": f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -27,7 +27,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from urd_lightning.callbacks import AtomicCheckpointIO, EvaluationLine, PicturePanels
+from urd_lightning.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.errors import CheckpointError, ConfigError
 from urd_lightning.logging_setup import build_logger, setup_console_logging
@@ -122,6 +122,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
     kwargs = trainer_kwargs(cfg)
     kwargs["max_steps"] = cfg.trainer.max_steps * per_iteration
+    show_progress = kwargs.pop("enable_progress_bar")  # our bar counts URD iterations over the whole run
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
@@ -129,7 +130,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     results = ResultsWriter(run_dir, meta, logger)
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
-        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results, *(callbacks or [])],
+        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
+                   *([IterationProgress()] if show_progress else []), *(callbacks or [])],
+        enable_progress_bar=False,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the data module shards itself (no padded duplicates in evaluation)
         num_sanity_val_steps=0, enable_model_summary=False,
