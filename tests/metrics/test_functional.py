@@ -41,6 +41,39 @@ def test_pooled_metrics_match_reference(case: str) -> None:
         assert float(F.pooled_aupro(levels, limit)) == pytest.approx(integrate_to_limit_ref(*curve, limit), abs=TOL)
 
 
+def _truncation_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    coarse = (np.round(rng.random((4, 16, 16)) * 8) / 8).astype(np.float32)  # normals tie anomalous values
+    coarse_masks = rng.random((4, 16, 16)) < 0.2
+    separated = rng.random((3, 16, 16)).astype(np.float32)
+    separated_masks = np.zeros((3, 16, 16), bool)
+    separated_masks[1, 2:6, 2:6] = True
+    high, low = separated.copy(), separated.copy()
+    high[separated_masks] += 2.0  # every anomalous score above every normal one
+    low[separated_masks] -= 2.0  # every anomalous score below every normal one
+    return {
+        **CASES,
+        "coarse_ties": (coarse, coarse_masks),
+        "high": (high, separated_masks),
+        "low": (low, separated_masks),
+    }
+
+
+@pytest.mark.parametrize("case", list(_truncation_cases()))
+def test_levels_truncated_at_the_fpr_limit_give_the_same_aupro(case: str) -> None:
+    maps, masks = _truncation_cases()[case]
+    full = _levels(maps, masks)
+    t, m = torch.from_numpy(maps), torch.from_numpy(masks)
+    labels, sizes = label_regions(m)
+    w = 1.0 / sizes.gather(1, labels.flatten(1)).view_as(labels)[m].double()
+    curve = pooled_pro_curve_ref(maps, masks)
+    for limit in (0.3, 0.05, 0.01, 0.5, 0.999, 1.0):
+        cut = F.exact_levels(t[~m], t[m], w, float((sizes > 0).sum()), fpr_limit=limit)
+        assert float(cut.neg.sum()) == float(full.neg.sum())
+        assert float(F.pooled_aupro(cut, limit)) == pytest.approx(float(F.pooled_aupro(full, limit)), abs=1e-12)
+        assert float(F.pooled_aupro(cut, limit)) == pytest.approx(integrate_to_limit_ref(*curve, limit), abs=TOL)
+
+
 def test_pro_curve_vertices_contain_reference_points() -> None:
     maps, masks = edge_case_data()
     fpr, pro, _ = F.pro_curve(_levels(maps, masks))

@@ -24,7 +24,7 @@ from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
 from urd_lightning.metrics import functional as F
-from urd_lightning.metrics.aupro import FPR_LIMIT, PooledPixelStore, _cat, prepare_inputs
+from urd_lightning.metrics.aupro import FPR_LIMIT, PooledPixelStore, _cat, cpu_single_threaded, prepare_inputs
 from urd_lightning.metrics.per_image import per_image_aupro
 
 METRIC_NAMES = (
@@ -58,6 +58,7 @@ class AnomalyMetrics(PooledPixelStore):
         self.add_state("aupro_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self._cache: dict[str, Any] | None = None
 
+    @cpu_single_threaded
     def update(
         self,
         anomaly_map: Tensor,
@@ -90,6 +91,7 @@ class AnomalyMetrics(PooledPixelStore):
         self.aupro_sum += values.sum()
         self.aupro_count += values.numel()
 
+    @cpu_single_threaded
     def compute(self) -> dict[str, Tensor]:
         """All metrics as 0-d float64 tensors; an undefined one is NaN (with a warning), see ``functional``."""
         scores = _cat(self.image_scores, torch.float32, self.device)

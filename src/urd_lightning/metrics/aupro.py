@@ -15,7 +15,9 @@ DDP: the states declare their reduction (lists are concatenated, counts and hist
 twice; the project evaluates with an unpadded sharded sampler (design.md, data section) so no de-duplication is done.
 """
 
-from typing import Any, Literal
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -24,9 +26,11 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.data import dim_zero_cat
 
+from urd_lightning.metrics import _ops as ops
 from urd_lightning.metrics import functional as F
 from urd_lightning.metrics.per_image import anomalous_region_sizes, per_image_aupro
 
+T = TypeVar("T")
 FPR_LIMIT = 0.3  # MVTec AD's AUPRO integrates PRO up to FPR 0.3, also used by RD4AD and URD
 
 
@@ -49,17 +53,37 @@ def prepare_inputs(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         raise F.MetricInputError(f"anomaly maps must be floating point, got {preds.dtype}")
     if preds.dtype in (torch.float16, torch.bfloat16):
         preds = preds.float()  # half precision would create ties that the map does not have
-    finite = np.isfinite(preds.numpy()).all() if preds.device.type == "cpu" else torch.isfinite(preds).all()
+    preds, target = preds.detach(), target.detach()
+    if preds.device.type == "cpu":  # numpy: single-threaded and faster than torch for these elementwise passes
+        finite = np.isfinite(preds.numpy()).all()
+        mask = target if target.dtype == torch.bool else torch.from_numpy(target.numpy() != 0)
+    else:
+        finite, mask = torch.isfinite(preds).all(), target != 0
     if not bool(finite):
         raise F.MetricInputError("anomaly maps contain NaN or inf; check the model output (e.g. a diverged loss)")
-    return preds.detach(), target.detach() != 0
+    return preds, mask
+
+
+def cpu_single_threaded(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a Metric method under ``functional.cpu_single_thread`` for the Metric's device."""
+
+    @functools.wraps(method)
+    def wrapper(self: Metric, *args: Any, **kwargs: Any) -> T:
+        with ops.cpu_single_thread(self.device):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _cat(state: list[Tensor] | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A list state as one tensor (after a DDP sync it may already be one); empty when nothing was added."""
     if isinstance(state, Tensor):
         return state
-    return dim_zero_cat(state) if state else torch.zeros(0, dtype=dtype, device=device)
+    if not state:
+        return torch.zeros(0, dtype=dtype, device=device)
+    if all(t.device.type == "cpu" for t in state):
+        return torch.from_numpy(np.concatenate([t.reshape(-1).numpy() for t in state]))
+    return dim_zero_cat(state)
 
 
 class PooledPixelStore(Metric):
@@ -89,14 +113,11 @@ class PooledPixelStore(Metric):
             for name in ("neg_hist", "pos_hist", "weight_hist"):
                 self.add_state(name, torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
 
+    @cpu_single_threaded
     def _update_pixels(self, scores: Tensor, mask: Tensor) -> None:
         sizes, regions = anomalous_region_sizes(mask)
         self.num_regions += regions
-        if scores.device.type == "cpu":  # numpy's boolean indexing is ~10x faster than torch's on the CPU
-            s_np, m_np = scores.numpy(), mask.numpy()
-            normal, anomalous = torch.from_numpy(s_np[~m_np]), torch.from_numpy(s_np[m_np])
-        else:
-            normal, anomalous = scores[~mask], scores[mask]
+        normal, anomalous = ops.masked(scores, ~mask), ops.masked(scores, mask)
         if self.num_bins is None:
             self.normal_scores.append(normal)
             self.anomalous_scores.append(anomalous)
@@ -112,14 +133,20 @@ class PooledPixelStore(Metric):
         self.pos_hist += torch.bincount(bin_index(anomalous), minlength=k).double()
         self.weight_hist += torch.bincount(bin_index(anomalous), weights=1.0 / sizes.double(), minlength=k)
 
-    def levels(self) -> F.Levels:
-        """The (synced) states as tie groups; call inside ``compute``."""
+    @cpu_single_threaded
+    def levels(self, fpr_limit: float | None = None) -> F.Levels:
+        """The (synced) states as tie groups; call inside ``compute``.
+
+        Args:
+            fpr_limit: exact mode only: levels exact only down to this FPR (see ``functional.exact_levels``).
+        """
         if self.num_bins is None:
             normal = _cat(self.normal_scores, torch.float32, self.device)
             anom = _cat(self.anomalous_scores, torch.float32, self.device)
             sizes = _cat(self.region_sizes, torch.int32, self.device)
             anom = anom.to(torch.promote_types(anom.dtype, normal.dtype))
-            return F.exact_levels(normal.to(anom.dtype), anom, 1.0 / sizes.double(), float(self.num_regions))
+            weight = 1.0 / sizes.double()
+            return F.exact_levels(normal.to(anom.dtype), anom, weight, float(self.num_regions), fpr_limit)
         lo, hi = self.score_range
         edges = lo + torch.arange(self.num_bins, dtype=torch.float64, device=self.neg_hist.device) * (hi - lo)
         edges = edges / self.num_bins
@@ -177,6 +204,7 @@ class AUPRO(PooledPixelStore):
             self.add_state("aupro_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("aupro_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
+    @cpu_single_threaded
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Add a batch: ``preds`` float (B,H,W) or (B,1,H,W); ``target`` of the same shape, non-zero = anomalous."""
         scores, mask = prepare_inputs(preds, target)
@@ -187,13 +215,14 @@ class AUPRO(PooledPixelStore):
         else:
             self._update_pixels(scores, mask)
 
+    @cpu_single_threaded
     def compute(self) -> Tensor:
         """AUPRO in [0, 1]; NaN (with a warning) when no anomalous (or, pooled, no normal) pixel was seen."""
         if self.protocol == "per_image":
             if self.aupro_count == 0:
                 rank_zero_warn("AUPRO(per_image): no anomalous image was seen; returning NaN.")
             return self.aupro_sum / self.aupro_count
-        levels = self.levels()
+        levels = self.levels(self.fpr_limit)  # only the normals above the FPR limit need sorting
         self._warn_degenerate("AUPRO", levels)
         return F.pooled_aupro(levels, self.fpr_limit)
 
@@ -205,10 +234,12 @@ class PixelAP(PooledPixelStore):
     Arguments as ``PooledPixelStore``; logged as ``pixel_AP``.
     """
 
+    @cpu_single_threaded
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Add a batch: ``preds`` float (B,H,W) or (B,1,H,W); ``target`` of the same shape, non-zero = anomalous."""
         self._update_pixels(*prepare_inputs(preds, target))
 
+    @cpu_single_threaded
     def compute(self) -> Tensor:
         """AP in [0, 1]; NaN (with a warning) when no anomalous pixel was seen."""
         levels = self.levels()

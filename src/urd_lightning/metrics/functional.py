@@ -6,11 +6,11 @@ cannot split. A pixel is positive when ``score >= threshold``; walking the level
 exact curve, with each tie group contributing one straight segment (the official MVTec AD definition: every distinct
 score is a threshold, tied scores form one step).
 
-The exact levels need no global sort. Only the anomalous scores are sorted (they are a few percent of the pixels);
-each normal score is placed between two consecutive anomalous values, because the curves only change where an
-anomalous value sits: normals between two anomalous values all lie on one horizontal segment. Placement uses a
-monotone coarse bucketing (one multiply per pixel) and a binary search only for normals whose bucket also holds an
-anomalous value, so it stays exact while touching each pixel a handful of times.
+The exact levels need only the normal scores sorted (numpy's vectorised sort on the CPU, torch's on an accelerator):
+the curves change only where an anomalous value sits, since normals between two anomalous values all lie on one
+horizontal segment, so two binary searches per distinct anomalous value count the normals of every level, ties
+included. Scores are compared in their own dtype (float32 maps are never widened pixel by pixel); only counts and
+the few per-level values are float64.
 
 Degenerate inputs give NaN (never an exception) so that a validation set without anomalies does not stop training:
 no anomalous sample → AUROC, AP, F1-max and AUPRO are NaN; no normal sample → AUROC and AUPRO are NaN, AP and
@@ -24,9 +24,7 @@ import torch
 from torch import Tensor
 
 from urd_lightning.errors import URDError
-
-_LOCAL = 4  # anomalous values compared directly per coarse bucket before falling back to a binary search
-_CHUNK = 1 << 22  # pixels handled per pass when placing normals: bounds the int64 temporaries to ~32 MiB
+from urd_lightning.metrics._ops import count_sorted, kth_largest, masked, sort_values, unique
 
 
 class MetricInputError(URDError, ValueError):
@@ -51,53 +49,56 @@ class Levels(NamedTuple):
     num_regions: Tensor
 
 
-def _coarse(x: Tensor, lo: Tensor, scale: Tensor, k: int) -> Tensor:
-    """Monotone bucket in [0, k + 1]: x <= y gives bucket(x) <= bucket(y), as rounding is monotone."""
-    return ((x - lo) * scale).floor_().clamp_(-1, k).long() + 1
-
-
 def _normal_level_counts(normal: Tensor, a_vals: Tensor) -> Tensor:
-    """Count normals per level: level 2i holds normals in (a[i-1], a[i]), level 2i + 1 normals equal to a[i]."""
-    u = a_vals.numel()
-    counts = torch.zeros(2 * u + 1, dtype=torch.float64, device=normal.device)
-    if normal.numel() == 0:
-        return counts
-    if u == 0:
-        counts[0] = normal.numel()
-        return counts
-    lo, hi = a_vals[0], a_vals[-1]
-    k = int(min(max(8 * u, 1024), 1 << 21))
-    scale = k / (hi - lo) if u > 64 else torch.zeros((), dtype=a_vals.dtype, device=a_vals.device)
-    fast = bool(torch.isfinite(scale)) and bool(scale > 0)
-    if fast:
-        a_bucket = _coarse(a_vals, lo, scale, k)
-        per_bucket = torch.bincount(a_bucket, minlength=k + 2)
-        first = per_bucket.cumsum(0) - per_bucket  # anomalous values in lower buckets
-        occupancy = int(per_bucket.max())
-    for start in range(0, normal.numel(), _CHUNK):
-        x = normal[start : start + _CHUNK]
-        if not fast:
-            idx = torch.searchsorted(a_vals, x)
-            level = 2 * idx + (a_vals[idx.clamp(max=u - 1)] == x)
-        else:
-            # Normals of a bucket lie above every anomalous value of lower buckets and below those of higher ones;
-            # only the (few, sorted) anomalous values of their own bucket need comparing.
-            bucket = _coarse(x, lo, scale, k)
-            f, c = first[bucket], per_bucket[bucket]
-            level = 2 * f
-            for j in range(min(occupancy, _LOCAL)):
-                v = a_vals[(f + j).clamp_(max=u - 1)]
-                inside = c > j
-                level += 2 * (inside & (v < x)) + (inside & (v == x))
-            if occupancy > _LOCAL:  # crowded buckets (near-identical anomalous scores): binary search there
-                crowded = c > _LOCAL
-                idx = torch.searchsorted(a_vals, x[crowded])
-                level[crowded] = 2 * idx + (a_vals[idx.clamp(max=u - 1)] == x[crowded])
-        counts += torch.bincount(level, minlength=2 * u + 1).double()
+    """Count normals per level: level 2i holds normals in (a[i-1], a[i]), level 2i + 1 normals equal to a[i].
+
+    One sort of the normals, then two binary searches per distinct anomalous value: exact for any ties.
+    """
+    n = normal.numel()
+    dev = normal.device
+    if a_vals.numel() == 0:
+        return torch.full((1,), float(n), dtype=torch.float64, device=dev)
+    if n == 0:
+        return torch.zeros(2 * a_vals.numel() + 1, dtype=torch.float64, device=dev)
+    ordered = sort_values(normal)
+    below = count_sorted(ordered, a_vals, right=False).to(dev)  # normals < a[i]
+    # Normals equal to an anomalous value are rare: search the right end only where the left end is a tie.
+    tied = ordered[below.clamp(max=n - 1)] == a_vals
+    upto = below.clone()
+    upto[tied] = count_sorted(ordered, a_vals[tied], right=True).to(dev)  # normals <= a[i]
+    counts = torch.empty(2 * a_vals.numel() + 1, dtype=torch.float64, device=dev)
+    counts[1::2] = upto - below
+    end = torch.full((1,), n, dtype=below.dtype, device=dev)
+    counts[0::2] = torch.cat([below, end]) - torch.cat([torch.zeros_like(end), upto])
     return counts
 
 
-def exact_levels(normal: Tensor, anomalous: Tensor, weight: Tensor | None = None, num_regions: float = 0.0) -> Levels:
+def _high_normals(normal: Tensor, a_vals: Tensor, fpr_limit: float) -> Tensor:
+    """The normals at or above the lowest level whose FPR exceeds ``fpr_limit`` (all of them when no level does).
+
+    The T-th largest normal v, T > limit * N, has FPR(v) > limit; so has the level holding v, whose
+    threshold is the largest anomalous value a <= v (or just above it when a < v). Counting only the normals at or
+    above that threshold keeps every vertex down to that level exact, which is all an integral up to the limit uses.
+    """
+    n = normal.numel()
+    t = int(fpr_limit * n) + 2  # > limit * N with a margin for the rounding of limit * N
+    if t >= n or a_vals.numel() == 0:
+        return normal
+    v = kth_largest(normal, t)
+    k = int(torch.searchsorted(a_vals, v.reshape(1), right=True))  # anomalous values <= v
+    if k == 0:
+        return normal
+    a = a_vals[k - 1]
+    return masked(normal, normal >= a if bool(a == v) else normal > a)
+
+
+def exact_levels(
+    normal: Tensor,
+    anomalous: Tensor,
+    weight: Tensor | None = None,
+    num_regions: float = 0.0,
+    fpr_limit: float | None = None,
+) -> Levels:
     """Exact tie groups of pooled scores.
 
     Args:
@@ -105,12 +106,16 @@ def exact_levels(normal: Tensor, anomalous: Tensor, weight: Tensor | None = None
         anomalous: (M,) scores of anomalous samples, same dtype as ``normal``.
         weight: (M,) PRO weight of each anomalous sample (1 / size of its region); ones when ``None``.
         num_regions: number of ground-truth regions the weights refer to.
+        fpr_limit: ``None`` for complete levels. Otherwise the normal counts are exact only from the top down to the
+            first level whose FPR exceeds this limit and the other normals are put in the lowest level: enough for
+            ``pooled_aupro`` with the same limit, and it sorts only the highest ~``fpr_limit`` of the normals. The
+            other curves (AUROC, AP, F1) are wrong on such levels.
 
     Returns:
         The levels; 2U + 1 of them for U distinct anomalous scores.
     """
     dev = normal.device
-    a_vals, inverse = torch.unique(anomalous, sorted=True, return_inverse=True)
+    a_vals, inverse = unique(anomalous)
     u = a_vals.numel()
     if weight is None:
         weight = torch.ones(anomalous.numel(), dtype=torch.float64, device=dev)
@@ -124,7 +129,10 @@ def exact_levels(normal: Tensor, anomalous: Tensor, weight: Tensor | None = None
     values[1::2] = a64
     # A gap level's threshold is "just above" the anomalous value below it: score >= next float <=> score > a[i-1].
     values[2::2] = torch.nextafter(a64, torch.full_like(a64, torch.inf))
-    neg = _normal_level_counts(normal, a_vals.to(normal.dtype))
+    a_vals = a_vals.to(normal.dtype)
+    counted = normal if fpr_limit is None else _high_normals(normal, a_vals, fpr_limit)
+    neg = _normal_level_counts(counted, a_vals)
+    neg[0] += normal.numel() - counted.numel()
     return Levels(values, neg, pos, wsum, torch.tensor(float(num_regions), dtype=torch.float64, device=dev))
 
 
@@ -140,12 +148,12 @@ def _descending_curve(levels: Levels) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def _trapezoid_to(x: Tensor, y: Tensor, limit: float) -> Tensor:
     """Area under the polyline (x non-decreasing) from x[0] to ``limit``, linearly interpolated at the limit."""
-    inside = x[1:] <= limit
-    dx, ys = x[1:] - x[:-1], y[1:] + y[:-1]
-    area = (dx * ys * inside).sum() / 2
-    beyond = torch.nonzero(~inside)
-    if beyond.numel():
-        m = int(beyond[0, 0]) + 1  # first vertex past the limit; the segment (m-1, m) crosses it
+    if not bool(torch.isfinite(x[-1])):  # no normal sample: the FPR is undefined
+        return torch.full((), torch.nan, dtype=x.dtype, device=x.device)
+    # Only the vertices up to the first one past the limit matter (for truncated levels nothing after it is exact).
+    m = int(torch.searchsorted(x, torch.full((1,), limit, dtype=x.dtype, device=x.device), right=True))
+    area = ((x[1:m] - x[: m - 1]) * (y[1:m] + y[: m - 1])).sum() / 2
+    if m < x.numel():  # the segment (m-1, m) crosses the limit
         x0, x1, y0, y1 = x[m - 1], x[m], y[m - 1], y[m]
         y_lim = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
         area = area + (limit - x0) * (y0 + y_lim) / 2

@@ -1,0 +1,74 @@
+"""Array primitives of the metrics: numpy on the CPU, torch on accelerators.
+
+On the CPU numpy's sort (vectorised), partition, boolean indexing and unique are several times faster than torch's,
+and single-threaded. ``cpu_single_thread`` keeps the remaining torch ops from fighting over busy cores.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@contextmanager
+def cpu_single_thread(device: torch.device) -> Iterator[None]:
+    """Run torch's CPU ops single-threaded inside the block (no effect for accelerator tensors).
+
+    The metric work is memory-bound and mostly numpy; torch's intra-op threads only add synchronisation. On a loaded
+    2-core machine two torch threads made the same steps about 10x slower than one (``experiments/bench_metrics.py``).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def sort_values(x: Tensor, dim: int = -1) -> Tensor:
+    """Ascending copy of ``x`` along ``dim``: numpy's vectorised sort on the CPU (several times faster there)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=dim))
+    return torch.sort(x, dim=dim).values
+
+
+def count_sorted(sorted_x: Tensor, values: Tensor, right: bool) -> Tensor:
+    """Row-wise ``searchsorted``: how many entries of each row of ``sorted_x`` are < (``right``: <=) each value."""
+    if sorted_x.device.type != "cpu":
+        return torch.searchsorted(sorted_x, values, right=right)
+    side = "right" if right else "left"
+    xs, vs = sorted_x.numpy(), values.numpy()
+    if xs.ndim == 1:
+        return torch.from_numpy(np.searchsorted(xs, vs, side=side).astype(np.int64))
+    out = np.empty(vs.shape, dtype=np.int64)
+    for i in range(xs.shape[0]):  # numpy's searchsorted has no batch dimension; rows are few
+        out[i] = np.searchsorted(xs[i], vs[i], side=side)
+    return torch.from_numpy(out)
+
+
+def masked(x: Tensor, mask: Tensor) -> Tensor:
+    """``x[mask]`` (numpy's boolean indexing on the CPU, about 10x faster than torch's there)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(x.numpy()[mask.numpy()])
+    return x[mask]
+
+
+def unique(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted distinct values and the index of each element among them (numpy on the CPU: ~10x faster there)."""
+    if x.device.type == "cpu":
+        values, inverse = np.unique(x.numpy(), return_inverse=True)
+        return torch.from_numpy(values), torch.from_numpy(inverse.astype(np.int64).reshape(-1))
+    return torch.unique(x, sorted=True, return_inverse=True)
+
+
+def kth_largest(x: Tensor, k: int) -> Tensor:
+    """The k-th largest value of a 1-D tensor (numpy's introselect on the CPU)."""
+    if x.device.type == "cpu":
+        n = x.numel()
+        return torch.from_numpy(np.partition(x.numpy(), n - k)[n - k : n - k + 1])[0]
+    return torch.kthvalue(x, x.numel() - k + 1).values
