@@ -4,7 +4,7 @@ Data: 200 synthetic 256^2 maps (13 M pixels, the size of an MVTec category's tes
 images with elliptic and rectangular defects raised in the map, about 2-3 % anomalous pixels.
 
     pip install adeval==1.1.0   # only for this script
-    python experiments/bench_metrics.py [--images 200] [--size 256] [--device cuda]
+    python experiments/bench_metrics.py [--images 200] [--size 256] [--device cuda] [--repeat 5] [--threads 1]
 
 ADEval 1.1.0 still calls ``np.trapz`` (removed in numpy 2.4), so the script aliases it before the import.
 """
@@ -84,8 +84,9 @@ def numpy_per_image_loop(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3
     return float(np.mean(values))
 
 
-def timed(fn, repeat: int = 3):
-    best, out = float("inf"), None
+def timed(fn, repeat: int) -> tuple[list[float], object]:
+    """Wall times of ``repeat`` calls and the last result."""
+    times, out = [], None
     for _ in range(repeat):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -93,19 +94,33 @@ def timed(fn, repeat: int = 3):
         out = fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        times.append(time.perf_counter() - t0)
+    return times, out
 
 
-def ours_pixel(maps_t: torch.Tensor, masks_t: torch.Tensor, metric: str, batch: int = 16, **kw) -> dict:
-    store = PixelAP(**kw).to(maps_t.device)  # any pooled-pixel Metric: its levels() feed all pixel curves
+def feed(metric, maps_t: torch.Tensor, masks_t: torch.Tensor, batch: int = 16):
     for i in range(0, len(maps_t), batch):
-        store.update(maps_t[i : i + batch], masks_t[i : i + batch])
-    lv = store.levels()
-    out = {"aupro": float(F.pooled_aupro(lv))}
-    if metric == "all":
-        out.update(auroc=float(F.auroc(lv)), ap=float(F.average_precision(lv)))
-    return out
+        metric.update(maps_t[i : i + batch], masks_t[i : i + batch])
+    return metric
+
+
+def ours_aupro(maps_t: torch.Tensor, masks_t: torch.Tensor) -> float:
+    """The pooled ``AUPRO`` Metric, update + compute."""
+    return float(feed(AUPRO(protocol="pooled").to(maps_t.device), maps_t, masks_t).compute())
+
+
+def ours_pixel(maps_t: torch.Tensor, masks_t: torch.Tensor, **kw) -> dict:
+    """Pixel AUROC, AP and pooled AUPRO from one store, as ``AnomalyMetrics`` computes them."""
+    lv = feed(PixelAP(**kw).to(maps_t.device), maps_t, masks_t).levels()
+    return {"auroc": float(F.auroc(lv)), "ap": float(F.average_precision(lv)), "aupro": float(F.pooled_aupro(lv))}
+
+
+def ours_per_image(maps_t: torch.Tensor, masks_t: torch.Tensor) -> float:
+    return float(feed(AUPRO(protocol="per_image").to(maps_t.device), maps_t, masks_t).compute())
+
+
+def ours_everything(maps_t: torch.Tensor, masks_t: torch.Tensor) -> dict:
+    return feed(AnomalyMetrics().to(maps_t.device), maps_t, masks_t).compute()
 
 
 def main() -> None:
@@ -114,7 +129,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
-    parser.add_argument("--skip-loop", action="store_true", help="skip the slow per-threshold loop")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved repeats of the fast methods")
+    parser.add_argument("--loop-repeat", type=int, default=2, help="repeats of the slow per-threshold loop (0: skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,66 +138,67 @@ def main() -> None:
     maps_t, masks_t = torch.from_numpy(maps).to(args.device), torch.from_numpy(masks).to(args.device)
     print(
         f"{args.images} maps of {args.size}^2 ({maps.size / 1e6:.1f} M pixels, {masks.mean():.1%} anomalous), "
-        f"device {args.device}, torch threads {torch.get_num_threads()}"
+        f"device {args.device}, torch threads {torch.get_num_threads()}, {args.repeat} interleaved repeats"
     )
-    rows = []
-    t_np, ref_aupro = timed(lambda: numpy_pooled_aupro(maps, masks), repeat=1)
+    (t_np,), ref_aupro = timed(lambda: numpy_pooled_aupro(maps, masks), 1)
     s, y = maps.ravel(), masks.ravel()
-    t_sk, (ref_auroc, ref_ap) = timed(lambda: (roc_auc_score(y, s), average_precision_score(y, s)), repeat=1)
-    t_ad, ad = (
-        timed(lambda: adeval.auroc_aupr_aupro(maps, masks.view(np.uint8))) if adeval else (float("nan"), (np.nan,) * 3)
+    (t_sk,), (ref_auroc, ref_ap) = timed(lambda: (roc_auc_score(y, s), average_precision_score(y, s)), 1)
+    methods = {
+        "adeval": (lambda: adeval.auroc_aupr_aupro(maps, masks.view(np.uint8))) if adeval else None,
+        "aupro": lambda: ours_aupro(maps_t, masks_t),
+        "pixel": lambda: ours_pixel(maps_t, masks_t),
+        "per_image": lambda: ours_per_image(maps_t, masks_t),
+        "all": lambda: ours_everything(maps_t, masks_t),
+    }
+    times: dict[str, list[float]] = {k: [] for k, f in methods.items() if f is not None}
+    out: dict[str, object] = {}
+    for _ in range(args.repeat):  # interleaved so that every method sees the same swings in machine load
+        for name in times:
+            t, out[name] = timed(methods[name], 1)
+            times[name] += t
+    loop_t, v_loop = (
+        timed(lambda: numpy_per_image_loop(maps, masks), args.loop_repeat) if args.loop_repeat else ([np.nan], np.nan)
     )
-    t_ours, ours = timed(lambda: ours_pixel(maps_t, masks_t, "aupro"))
-    rows.append(("pooled AUPRO (update+compute)", t_ours, t_ad, t_np, ours["aupro"] - ref_aupro, ad[2] - ref_aupro))
-    t_all, o = timed(lambda: ours_pixel(maps_t, masks_t, "all"))
-    rows.append(
+    ad = out.get("adeval", (np.nan,) * 3)
+    px = out["pixel"]
+
+    def fmt(ts: list[float]) -> str:
+        return f"{min(ts):7.3f} {float(np.median(ts)):7.3f}"
+
+    nan = [float("nan")]
+    ad_t = times.get("adeval", nan)
+    ad_err = max(abs(ad[0] - ref_auroc), abs(ad[1] - ref_ap), abs(ad[2] - ref_aupro))
+    px_err = max(abs(px["auroc"] - ref_auroc), abs(px["ap"] - ref_ap), abs(px["aupro"] - ref_aupro))
+    rows = [
         (
-            "pixel AUROC+AP+AUPRO",
-            t_all,
-            t_ad,
-            t_np + t_sk,
-            max(abs(o["auroc"] - ref_auroc), abs(o["ap"] - ref_ap), abs(o["aupro"] - ref_aupro)),
-            max(abs(ad[0] - ref_auroc), abs(ad[1] - ref_ap), abs(ad[2] - ref_aupro)),
-        )
-    )
+            "pooled AUPRO (AUPRO update+compute)",
+            times["aupro"],
+            ad_t,
+            [t_np],
+            out["aupro"] - ref_aupro,
+            ad[2] - ref_aupro,
+        ),
+        ("pixel AUROC+AP+AUPRO", times["pixel"], ad_t, [t_np + t_sk], px_err, ad_err),
+        ("per-image AUPRO (RD4AD protocol)", times["per_image"], nan, loop_t, out["per_image"] - v_loop, np.nan),
+        ("AnomalyMetrics (all 8 metrics)", times["all"], nan, nan, np.nan, np.nan),
+    ]
     for bins in (1000, 10000):
-        _, ob = timed(lambda b=bins: ours_pixel(maps_t, masks_t, "all", num_bins=b), repeat=1)
+        ob = ours_pixel(maps_t, masks_t, num_bins=bins)
         err = max(abs(ob["auroc"] - ref_auroc), abs(ob["ap"] - ref_ap), abs(ob["aupro"] - ref_aupro))
-        rows.append(
-            (
-                f"  binned {bins} bins: max |error| AUROC/AP/AUPRO",
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                err,
-                float("nan"),
-            )
-        )
-
-    def per_image():
-        m = AUPRO(protocol="per_image").to(args.device)
-        for i in range(0, len(maps_t), 16):
-            m.update(maps_t[i : i + 16], masks_t[i : i + 16])
-        return float(m.compute())
-
-    t_pi, v_pi = timed(per_image)
-    t_loop, v_loop = (
-        (float("nan"), float("nan")) if args.skip_loop else timed(lambda: numpy_per_image_loop(maps, masks), repeat=1)
+        rows.append((f"  binned {bins} bins: max |error| AUROC/AP/AUPRO", nan, nan, nan, err, np.nan))
+    print(f"{'':40s} {'ours s':^15s} {'ADEval s':^15s} {'numpy s':^15s}")
+    print(
+        f"{'metric':40s} {'min  median':>15s} {'min  median':>15s} {'min  median':>15s} "
+        f"{'ours-exact':>11s} {'ADEval-exact':>13s}"
     )
-    rows.append(("per-image AUPRO (RD4AD protocol)", t_pi, float("nan"), t_loop, v_pi - v_loop, float("nan")))
-
-    def everything():
-        m = AnomalyMetrics().to(args.device)
-        for i in range(0, len(maps_t), 16):
-            m.update(maps_t[i : i + 16], masks_t[i : i + 16])
-        return m.compute()
-
-    t_every, _ = timed(everything)
-    rows.append(("AnomalyMetrics (all 8 metrics)", t_every, float("nan"), float("nan"), float("nan"), float("nan")))
-    print(f"{'metric':48s} {'ours s':>8s} {'ADEval s':>9s} {'numpy s':>8s} {'ours-exact':>11s} {'ADEval-exact':>13s}")
     for name, a, b, c, d, e in rows:
-        print(f"{name:48s} {a:8.3f} {b:9.3f} {c:8.3f} {d:11.2e} {e:13.2e}")
-    print(f"speed-up per-image vs loop: {t_loop / t_pi:.1f}x; pooled AUPRO vs ADEval: {t_ad / t_ours:.2f}x")
+        print(f"{name:40s} {fmt(a)} {fmt(b)} {fmt(c)} {d:11.2e} {e:13.2e}")
+    print(
+        f"pooled AUPRO vs ADEval: {min(ad_t) / min(times['aupro']):.2f}x (min), "
+        f"{np.median(ad_t) / np.median(times['aupro']):.2f}x (median); "
+        f"per-image vs loop: {min(loop_t) / min(times['per_image']):.1f}x (min), "
+        f"{np.median(loop_t) / np.median(times['per_image']):.1f}x (median)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@ On the CPU numpy's sort (vectorised), partition, boolean indexing and unique are
 and single-threaded. ``cpu_single_thread`` keeps the remaining torch ops from fighting over busy cores.
 """
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextmanager
@@ -28,6 +33,19 @@ def cpu_single_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def single_threaded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` under ``cpu_single_thread`` for the device of its first argument (a tensor or a tuple of them)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        first = args[0] if args else next(iter(kwargs.values()))
+        device = first.device if isinstance(first, Tensor) else first[0].device  # type: ignore[index,attr-defined]
+        with cpu_single_thread(device):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def sort_values(x: Tensor, dim: int = -1) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from urd_lightning.errors import URDError
-from urd_lightning.metrics._ops import count_sorted, kth_largest, masked, sort_values, unique
+from urd_lightning.metrics._ops import count_sorted, kth_largest, masked, single_threaded, sort_values, unique
 
 
 class MetricInputError(URDError, ValueError):
@@ -92,6 +92,7 @@ def _high_normals(normal: Tensor, a_vals: Tensor, fpr_limit: float) -> Tensor:
     return masked(normal, normal >= a if bool(a == v) else normal > a)
 
 
+@single_threaded
 def exact_levels(
     normal: Tensor,
     anomalous: Tensor,
@@ -160,6 +161,7 @@ def _trapezoid_to(x: Tensor, y: Tensor, limit: float) -> Tensor:
     return area
 
 
+@single_threaded
 def roc_curve(levels: Levels) -> tuple[Tensor, Tensor, Tensor]:
     """Exact ROC vertices (ties as diagonal segments).
 
@@ -170,18 +172,21 @@ def roc_curve(levels: Levels) -> tuple[Tensor, Tensor, Tensor]:
     return neg_ge / neg_ge[-1], pos_ge / pos_ge[-1], thr
 
 
+@single_threaded
 def pro_curve(levels: Levels) -> tuple[Tensor, Tensor, Tensor]:
     """Exact pooled PRO curve vertices: ``(fpr, pro, thresholds)`` from (0, 0) to (1, 1)."""
     neg_ge, _, w_ge, thr = _descending_curve(levels)
     return neg_ge / neg_ge[-1], w_ge / levels.num_regions, thr
 
 
+@single_threaded
 def auroc(levels: Levels) -> Tensor:
     """Area under the exact ROC curve (equals the Mann-Whitney statistic with ties counted half)."""
     fpr, tpr, _ = roc_curve(levels)
     return torch.trapezoid(tpr, fpr)
 
 
+@single_threaded
 def average_precision(levels: Levels) -> Tensor:
     """Step-wise average precision, sum over thresholds of (R_n - R_(n-1)) * P_n (scikit-learn's definition).
 
@@ -193,6 +198,7 @@ def average_precision(levels: Levels) -> Tensor:
     return (levels.pos.flip(0) * torch.where(has_pos, precision, 0.0)).sum() / pos_ge[-1]
 
 
+@single_threaded
 def f1_max(levels: Levels) -> tuple[Tensor, Tensor]:
     """Best F1 over all thresholds and the threshold reaching it (positive means score >= threshold).
 
@@ -209,6 +215,7 @@ def f1_max(levels: Levels) -> tuple[Tensor, Tensor]:
     return f1[best], thr[best]
 
 
+@single_threaded
 def pooled_aupro(levels: Levels, fpr_limit: float = 0.3) -> Tensor:
     """Pooled (MVTec AD official) AUPRO: area under PRO(FPR) from (0, 0) to ``fpr_limit``, divided by the limit."""
     fpr, pro, _ = pro_curve(levels)
