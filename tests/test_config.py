@@ -94,7 +94,9 @@ def test_synthesis_off_requires_frozen_teacher_and_no_expert_freezes_teacher():
 
 def test_struct_mode_rejects_new_keys_after_loading():
     cfg = load_config([])
-    with pytest.raises(Exception):
+    from omegaconf.errors import ConfigAttributeError
+
+    with pytest.raises(ConfigAttributeError):
         cfg.not_a_key = 1
 
 

@@ -6,11 +6,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from test_train import tiny
 from urd_lightning.config import load_config
 from urd_lightning.evaluate import evaluate_checkpoint
 from urd_lightning.train import run_dir_of, train
-
-from test_train import tiny
 
 
 class SaveRankState(Callback):

@@ -18,6 +18,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 log = logging.getLogger("urd_lightning")
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -30,6 +31,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A crash or a NaN stop mid-write therefore never leaves a truncated ``last.ckpt``: the previous one stays.
     """
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,10 +107,12 @@ class PicturePanels(Callback):
             if isinstance(logger, WandbLogger):
                 _log_wandb_images(logger, images, tag, trainer.global_step)
 
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self._draw(trainer, pl_module, f"step{getattr(pl_module, 'iteration', trainer.global_step):06d}")
 
+    @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._draw(trainer, pl_module, "final")
 
@@ -139,11 +143,13 @@ class EvaluationLine(Callback):
         text = "  ".join(f"{k}={values[k]:.4f}" for k in keys if k in values)
         log.info("%s evaluation at iteration %d: %s", what, step, text)
 
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         periodic = getattr(pl_module, "periodic", [])
         if periodic and not trainer.sanity_checking:
             self._line("periodic (test set)", int(periodic[-1]["step"]), periodic[-1])
 
+    @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._line("final", getattr(pl_module, "iteration", trainer.global_step), getattr(pl_module, "final", {}))
 
@@ -154,6 +160,7 @@ class IterationProgress(Callback):
     def __init__(self) -> None:
         self.bar: Any = None
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_rank != 0:
             return
@@ -163,6 +170,7 @@ class IterationProgress(Callback):
         self.bar = tqdm(total=trainer.max_steps // per_iteration, initial=getattr(pl_module, "iteration", 0),
                         desc="train", unit="it", dynamic_ncols=True)
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.bar is None:
@@ -172,6 +180,7 @@ class IterationProgress(Callback):
                   if k in ("train/loss_teacher", "train/loss_student")}
         self.bar.set_postfix({f"loss_{k}": f"{v:.4f}" for k, v in losses.items()}, refresh=False)
 
+    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,9 +26,11 @@ CONFIG_DIR = Path(os.environ.get("URD_CONFIG_DIR", Path(__file__).resolve().pare
 
 @dataclass
 class ModelConfig:
+    """``URD(**model)`` arguments."""
+
     backbone: str = "wide_resnet50_2.tv_in1k"
     pretrained: bool = True
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     injection: str = "concat"
     expert: bool = True
     train_teacher: bool = True
@@ -37,6 +39,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """``AnomalyDataModule(**data)`` arguments."""
+
     benchmark: str = "mvtec"
     root: str = "datasets/mvtec"
     category: str = "bottle"
@@ -45,26 +49,28 @@ class DataConfig:
     eval_batch_size: int = 16
     num_workers: int = 4
     synthesis: bool = True
-    dtd_root: Optional[str] = None
+    dtd_root: str | None = None
     foreground: str = "auto"
     seed: int = 111
     cache_dir: str = ".cache/urd/foreground"
     augment: bool = False
     check: bool = True
     normal_dir: str = "good"
-    abnormal_dir: Optional[str] = None
-    mask_dir: Optional[str] = None
-    normal_test_dir: Optional[str] = None
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    normal_test_dir: str | None = None
     normal_split_ratio: float = 0.2
 
 
 @dataclass
 class TrainerConfig:
+    """The ``Trainer`` arguments a run may set."""
+
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: Optional[str] = None
+    precision: str | None = None
     max_steps: int = 5000
     sync_batchnorm: bool = False
     deterministic: Any = False
@@ -75,6 +81,8 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
+    """The two Adam optimizers (urd-method.md §5)."""
+
     lr_teacher: float = 1e-4
     lr_student: float = 5e-3
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
@@ -82,30 +90,36 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
+    """Periodic test-set evaluation and picture samples."""
+
     every_n_steps: int = 0
     num_samples: int = 8
 
 
 @dataclass
 class WandbConfig:
+    """Weights & Biases settings."""
+
     project: str = "urd-lightning"
-    entity: Optional[str] = None
-    mode: Optional[str] = None
+    entity: str | None = None
+    mode: str | None = None
     tags: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Config:
+    """The whole run configuration; ``configs/default.yaml`` documents every key."""
+
     dataset: str = "mvtec"
-    experiment: Optional[str] = None
-    run: Optional[str] = None
+    experiment: str | None = None
+    run: str | None = None
     output_dir: str = "results"
     seed: int = 111
     loss_variant: str = "head"
-    channels_last: Optional[bool] = None
+    channels_last: bool | None = None
     checkpoint_every_n_steps: int = 1000
-    resume: Optional[str] = None
-    ckpt: Optional[str] = None
+    resume: str | None = None
+    ckpt: str | None = None
     logger: str = "wandb"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,7 +155,7 @@ def _check_keys(values: dict[str, Any], schema: DictConfig, source: str, prefix:
         if full not in valid:
             close = difflib.get_close_matches(full, list(valid), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key '{full}' in {source}.{hint} Valid keys are listed by `print-config`.")
+            raise ConfigError(f"unknown config key '{full}' in {source}.{hint} `print-config` lists the valid keys.")
         if isinstance(value, dict) and isinstance(valid[full], DictConfig):
             _check_keys(value, schema, source, full + ".")
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
+from typing_extensions import override
 
 from urd_lightning import __version__
 from urd_lightning.errors import URDError
@@ -81,6 +82,7 @@ class URDModule(LightningModule):
         return self.global_step // self.steps_per_iteration
 
     # ---- training -------------------------------------------------------------------------------------------
+    @override
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = tuple(self.hparams.betas)
         student = torch.optim.Adam(self.model.student_parameters(), lr=self.hparams.lr_student, betas=betas)
@@ -89,6 +91,7 @@ class URDModule(LightningModule):
         teacher = torch.optim.Adam(self.model.teacher_parameters(), lr=self.hparams.lr_teacher, betas=betas)
         return [teacher, student]
 
+    @override
     def on_fit_start(self) -> None:
         # Weights are identical on every rank (same seed at build time, and DDP broadcasts rank 0's); from here on
         # each rank draws its own random numbers.
@@ -96,11 +99,13 @@ class URDModule(LightningModule):
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    @override
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "set_epoch"):
             datamodule.set_epoch(self.current_epoch)  # reshuffles and reseeds synthesis per epoch (and per rank)
 
+    @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning calls .train() on the whole module around evaluation; the expert must stay frozen in eval
         # mode so its BatchNorm statistics stay ImageNet's (urd-method.md §3.3). URD.train() already keeps it so.
@@ -119,6 +124,7 @@ class URDModule(LightningModule):
                     "or use trainer.precision=32-true."
                 )
 
+    @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """One authors' iteration: teacher step, teacher re-forward in eval mode, student step."""
         optimizers = self.optimizers()
@@ -187,12 +193,15 @@ class URDModule(LightningModule):
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer.data, src=0)
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._sync_buffers()  # cheap (BN statistics only); keeps ranks identical after every iteration
 
+    @override
     def on_validation_epoch_start(self) -> None:
         self._pick_samples(self.trainer.val_dataloaders)
 
+    @override
     def on_test_epoch_start(self) -> None:
         self._pick_samples(self.trainer.test_dataloaders)
 
@@ -210,9 +219,11 @@ class URDModule(LightningModule):
                     "path": batch["image_path"][i], "defect_type": batch["defect_type"][i],
                 })
 
+    @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics)
 
+    @override
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics)
 
@@ -228,8 +239,9 @@ class URDModule(LightningModule):
         stats = [gathered[:, 0].min(), gathered[:, 1].max(), gathered[:, 2].min(), gathered[:, 3].max()]
         if not all(math.isfinite(float(v)) for v in stats):
             return None
-        return dict(zip(("image_min", "image_max", "pixel_min", "pixel_max"), (float(v) for v in stats)))
+        return dict(zip(("image_min", "image_max", "pixel_min", "pixel_max"), (float(v) for v in stats), strict=True))
 
+    @override
     def on_validation_epoch_end(self) -> None:
         values = {k: float(v) for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
@@ -237,6 +249,7 @@ class URDModule(LightningModule):
         # Labelled as test-set numbers: these evaluations use the test set, only for curves and "oracle" numbers.
         self.log_dict({f"periodic_test/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=True)
 
+    @override
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()  # synced across ranks; every test image counted once (no padding)
         self.final = {k: float(v) for k, v in values.items()}
@@ -256,6 +269,7 @@ class URDModule(LightningModule):
         return dict(max(self.periodic, key=lambda row: sum(row.get(k, 0.0) for k in keys)))
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything inference needs, as plain Python types so torch.load(weights_only=True) reads it (design.md).
         checkpoint["urd_lightning"] = {
@@ -265,6 +279,7 @@ class URDModule(LightningModule):
         }
         checkpoint["urd_periodic"] = list(self.periodic)  # periodic test-set evaluations survive a resume
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.periodic = list(checkpoint.get("urd_periodic", []))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
 
 TRAIN_STATE = "train_state.json"  # steps, training time and periodic evaluations, written at the end of training
 METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
@@ -114,9 +115,11 @@ class ResultsWriter(Callback):
         self.durations: dict[str, float] = {"train_s": 0.0, "eval_s": 0.0}
         self._start = 0.0
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
 
+    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Kept in a file: with ddp_spawn/ddp_fork the fit ran in processes that are gone when the test starts.
         if trainer.global_rank == 0:
@@ -124,9 +127,11 @@ class ResultsWriter(Callback):
                      "periodic": list(pl_module.periodic)}
             write_text_atomic(self.run_dir / TRAIN_STATE, json.dumps(state) + "\n")
 
+    @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
 
+    @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.durations["eval_s"] = round(time.perf_counter() - self._start, 2)
         if trainer.global_rank == 0:
