@@ -7,7 +7,7 @@ and single-threaded. ``cpu_single_thread`` keeps the remaining torch ops from fi
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -48,16 +48,32 @@ def single_threaded(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def cpu_single_threaded(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """Run a Metric method under ``cpu_single_thread`` for the Metric's device."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+        with cpu_single_thread(self.device):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _on_cpu(x: Tensor) -> bool:
+    """Whether to use the numpy implementation (tests switch it off to run the accelerator code on the CPU)."""
+    return x.device.type == "cpu"
+
+
 def sort_values(x: Tensor, dim: int = -1) -> Tensor:
     """Ascending copy of ``x`` along ``dim``: numpy's vectorised sort on the CPU (several times faster there)."""
-    if x.device.type == "cpu":
+    if _on_cpu(x):
         return torch.from_numpy(np.sort(x.numpy(), axis=dim))
     return torch.sort(x, dim=dim).values
 
 
 def count_sorted(sorted_x: Tensor, values: Tensor, right: bool) -> Tensor:
     """Row-wise ``searchsorted``: how many entries of each row of ``sorted_x`` are < (``right``: <=) each value."""
-    if sorted_x.device.type != "cpu":
+    if not _on_cpu(sorted_x):
         return torch.searchsorted(sorted_x, values, right=right)
     side = "right" if right else "left"
     xs, vs = sorted_x.numpy(), values.numpy()
@@ -71,14 +87,14 @@ def count_sorted(sorted_x: Tensor, values: Tensor, right: bool) -> Tensor:
 
 def masked(x: Tensor, mask: Tensor) -> Tensor:
     """``x[mask]`` (numpy's boolean indexing on the CPU, about 10x faster than torch's there)."""
-    if x.device.type == "cpu":
+    if _on_cpu(x):
         return torch.from_numpy(x.numpy()[mask.numpy()])
     return x[mask]
 
 
 def unique(x: Tensor) -> tuple[Tensor, Tensor]:
     """Sorted distinct values and the index of each element among them (numpy on the CPU: ~10x faster there)."""
-    if x.device.type == "cpu":
+    if _on_cpu(x):
         values, inverse = np.unique(x.numpy(), return_inverse=True)
         return torch.from_numpy(values), torch.from_numpy(inverse.astype(np.int64).reshape(-1))
     return torch.unique(x, sorted=True, return_inverse=True)
@@ -86,7 +102,7 @@ def unique(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def kth_largest(x: Tensor, k: int) -> Tensor:
     """The k-th largest value of a 1-D tensor (numpy's introselect on the CPU)."""
-    if x.device.type == "cpu":
+    if _on_cpu(x):
         n = x.numel()
-        return torch.from_numpy(np.partition(x.numpy(), n - k)[n - k : n - k + 1])[0]
+        return torch.from_numpy(np.partition(x.numpy(), n - k)[n - k : n - k + 1].copy())[0]  # not a view
     return torch.kthvalue(x, x.numel() - k + 1).values

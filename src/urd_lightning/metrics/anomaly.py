@@ -24,7 +24,8 @@ from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
 from urd_lightning.metrics import functional as F
-from urd_lightning.metrics.aupro import FPR_LIMIT, PooledPixelStore, _cat, cpu_single_threaded, prepare_inputs
+from urd_lightning.metrics._ops import cpu_single_threaded
+from urd_lightning.metrics.aupro import FPR_LIMIT, PooledPixelStore, _cat, prepare_inputs
 from urd_lightning.metrics.per_image import per_image_aupro
 
 METRIC_NAMES = (

@@ -1,13 +1,20 @@
 """AUPRO (both protocols) and pixel AP as torchmetrics Metrics over ``functional`` and ``per_image``.
 
 Memory (exact mode): a pooled pixel metric keeps every score, split by ground truth: 4 bytes per pixel for float32
-maps, plus 4 bytes per anomalous pixel for its region size; ``compute()`` needs about as much again while it runs.
-The per-image AUPRO keeps only a sum and a count (its value is final once an image is seen). For test sets too large
-for that, ``num_bins`` switches pooled metrics to streaming histograms over ``score_range`` (3 float64 per bin, no
-per-pixel state); the result then equals the exact metric on scores rounded down to the bin edges (out-of-range
+maps, plus 4 bytes per anomalous pixel for its region size; ``compute()`` briefly needs about twice that again (a
+concatenated copy, and a sorted or, for ``AUPRO``, a partitioned one). The per-image AUPRO keeps only a sum and a
+count (its value is final once an image is seen); its update sorts at most 2^22 pixels at a time. For test sets too
+large for that, ``num_bins`` switches pooled metrics to streaming histograms over ``score_range`` (3 float64 per bin,
+no per-pixel state); the result then equals the exact metric on scores rounded down to the bin edges (out-of-range
 scores clamp into the end bins). Measured on 200 synthetic 256^2 maps in [0, 1] (``experiments/bench_metrics.py``):
 the largest error over pixel AUROC, AP and pooled AUPRO was 1.3e-3 with 1 000 bins and 1.3e-4 with 10 000 bins
 (it shrinks about linearly with the bin width).
+
+Speed (exact mode, same benchmark, 13 M pixels, CPU of a loaded shared 2-core machine, min-median of 5 interleaved
+runs): pooled ``AUPRO`` update + compute 0.15-0.19 s against 0.24-0.26 s for ADEval's binned AUROC+AP+AUPRO; pixel
+AUROC, AP and pooled AUPRO together 0.20-0.22 s; the per-image protocol 0.12-0.16 s, 26-32x faster than a
+per-threshold loop. The pooled ``AUPRO`` sorts only the normal scores above its FPR limit, so it is cheaper than
+``PixelAP`` or ``AnomalyMetrics``, which sort them all.
 
 DDP: the states declare their reduction (lists are concatenated, counts and histograms summed), so every rank's
 ``compute()`` equals the single-process value on the union of the shards, for uneven shards too. A padded
@@ -15,9 +22,7 @@ DDP: the states declare their reduction (lists are concatenated, counts and hist
 twice; the project evaluates with an unpadded sharded sampler (design.md, data section) so no de-duplication is done.
 """
 
-import functools
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,9 +33,9 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from urd_lightning.metrics import _ops as ops
 from urd_lightning.metrics import functional as F
+from urd_lightning.metrics._ops import cpu_single_threaded
 from urd_lightning.metrics.per_image import anomalous_region_sizes, per_image_aupro
 
-T = TypeVar("T")
 FPR_LIMIT = 0.3  # MVTec AD's AUPRO integrates PRO up to FPR 0.3, also used by RD4AD and URD
 
 
@@ -62,17 +67,6 @@ def prepare_inputs(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     if not bool(finite):
         raise F.MetricInputError("anomaly maps contain NaN or inf; check the model output (e.g. a diverged loss)")
     return preds, mask
-
-
-def cpu_single_threaded(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a Metric method under ``functional.cpu_single_thread`` for the Metric's device."""
-
-    @functools.wraps(method)
-    def wrapper(self: Metric, *args: Any, **kwargs: Any) -> T:
-        with ops.cpu_single_thread(self.device):
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 def _cat(state: list[Tensor] | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
