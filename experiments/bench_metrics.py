@@ -7,6 +7,11 @@ images with elliptic and rectangular defects raised in the map, about 2-3 % anom
     python experiments/bench_metrics.py [--images 200] [--size 256] [--device cuda] [--repeat 5] [--threads 1]
 
 ADEval 1.1.0 still calls ``np.trapz`` (removed in numpy 2.4), so the script aliases it before the import.
+
+Measured on the shared, loaded 2-core CPU (default settings, seconds, min / median of interleaved repeats):
+pooled AUPRO 0.146 / 0.205 against ADEval 0.233 / 0.264 (before the numpy-sort rewrite: 4.9 / 4.9); pixel
+AUROC+AP+AUPRO 0.204 / 0.220; per-image AUPRO 0.118 / 0.146, 31x / 26x a per-threshold loop (before: 2.8 / 4.3 s,
+1.9x / 1.2x); AnomalyMetrics, all 8 metrics, 0.370 / 0.401 (before: 9.6 / 9.6).
 """
 
 import argparse

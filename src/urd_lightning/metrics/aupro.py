@@ -11,8 +11,8 @@ the largest error over pixel AUROC, AP and pooled AUPRO was 1.3e-3 with 1 000 bi
 (it shrinks about linearly with the bin width).
 
 Speed (exact mode, same benchmark, 13 M pixels, CPU of a loaded shared 2-core machine, min-median of 5 interleaved
-runs): pooled ``AUPRO`` update + compute 0.15-0.19 s against 0.24-0.26 s for ADEval's binned AUROC+AP+AUPRO; pixel
-AUROC, AP and pooled AUPRO together 0.20-0.22 s; the per-image protocol 0.12-0.16 s, 26-32x faster than a
+runs): pooled ``AUPRO`` update + compute 0.15-0.21 s against 0.23-0.29 s for ADEval's binned AUROC+AP+AUPRO; pixel
+AUROC, AP and pooled AUPRO together 0.20-0.23 s; the per-image protocol 0.12-0.15 s, 26-31x faster than a
 per-threshold loop. The pooled ``AUPRO`` sorts only the normal scores above its FPR limit, so it is cheaper than
 ``PixelAP`` or ``AnomalyMetrics``, which sort them all.
 
