@@ -2,6 +2,7 @@
 
 import os
 import socket
+import traceback
 from collections.abc import Callable
 
 import numpy as np
@@ -37,6 +38,17 @@ def feed(metric, maps: np.ndarray, masks: np.ndarray, sizes: list[int], channel:
     return metric
 
 
+def values(metric) -> dict[str, float] | float:
+    """compute() as floats; for AnomalyMetrics also the F1-optimal thresholds read after the (synced) compute."""
+    out = metric.compute()
+    if not isinstance(out, dict):
+        return float(out)
+    result = {k: float(v) for k, v in out.items()}
+    if hasattr(metric, "thresholds"):
+        result.update({f"threshold_{k}": float(v) for k, v in metric.thresholds().items()})
+    return result
+
+
 def _worker(rank: int, port: int, makers: list[Callable], maps, masks, shards, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -46,9 +58,10 @@ def _worker(rank: int, port: int, makers: list[Callable], maps, masks, shards, q
         results = []
         for make in makers:
             metric = feed(make(), maps[idx], masks[idx], [2] * (len(idx) // 2) + [len(idx) % 2] * (len(idx) % 2))
-            out = metric.compute()
-            results.append({k: float(v) for k, v in out.items()} if isinstance(out, dict) else float(out))
+            results.append(values(metric))
         queue.put((rank, results))
+    except Exception:  # report instead of dying silently, so the parent fails at once rather than waiting
+        queue.put((rank, traceback.format_exc()))
     finally:
         dist.destroy_process_group()
 
@@ -64,6 +77,8 @@ def run_ddp(makers: list[Callable], maps: np.ndarray, masks: np.ndarray, shards:
     for p in procs:
         p.start()
     results = dict(queue.get(timeout=600) for _ in procs)
+    failures = [f"rank {r}:\n{out}" for r, out in sorted(results.items()) if isinstance(out, str)]
+    assert not failures, "\n".join(failures)
     for p in procs:
         p.join()
         assert p.exitcode == 0

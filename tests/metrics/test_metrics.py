@@ -6,7 +6,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from tests.metrics._tester import SPLITS, feed, reference, run_ddp
+from tests.metrics._tester import SPLITS, feed, reference, run_ddp, values
 from tests.metrics.cases import edge_case_data, one_anomalous_image
 
 from urd_lightning.metrics import AUPRO, METRIC_NAMES, AnomalyMetrics, MetricInputError, PixelAP
@@ -128,8 +128,7 @@ def test_two_processes_with_uneven_shards_equal_single_process() -> None:
     makers = [AnomalyMetrics, partial(AUPRO, protocol="per_image"), AUPRO, PixelAP]
     single = []
     for make in makers:
-        out = feed(make(), MAPS, MASKS, [8]).compute()
-        single.append({k: float(v) for k, v in out.items()} if isinstance(out, dict) else float(out))
+        single.append(values(feed(make(), MAPS, MASKS, [8])))
     for rank_results in run_ddp(makers, MAPS, MASKS, shards):
         for result, expected in zip(rank_results, single, strict=True):
             assert result == pytest.approx(expected, abs=1e-12)

@@ -57,7 +57,7 @@ class AnomalyMetrics(PooledPixelStore):
         self.add_state("image_labels", [], dist_reduce_fx="cat")
         self.add_state("aupro_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("aupro_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self._cache: dict[str, Any] | None = None
+        self._results: dict[str, Any] | None = None
 
     @cpu_single_threaded
     def update(
@@ -84,7 +84,7 @@ class AnomalyMetrics(PooledPixelStore):
                 f"pred_score has {pred_score.numel()} and gt_label {gt_label.numel()} values for a batch of {batch} "
                 "maps; pass one score and one label per image, shaped (B,)"
             )
-        self._cache = None
+        self._results = None
         self.image_scores.append(pred_score.to(scores.dtype))
         self.image_labels.append(gt_label.long())  # gloo cannot gather bool tensors
         self._update_pixels(scores, mask)
@@ -104,7 +104,7 @@ class AnomalyMetrics(PooledPixelStore):
             rank_zero_warn("AnomalyMetrics: no anomalous image was seen; image and AUPRO metrics are NaN.")
         image_f1, image_thr = F.f1_max(image)
         pixel_f1, pixel_thr = F.f1_max(pixel)
-        self._cache = {"image": image, "pixel": pixel, "thresholds": {"image": image_thr, "pixel": pixel_thr}}
+        self._results = {"image": image, "pixel": pixel, "thresholds": {"image": image_thr, "pixel": pixel_thr}}
         return {
             "image_AUROC": F.auroc(image),
             "image_AP": F.average_precision(image),
@@ -116,19 +116,19 @@ class AnomalyMetrics(PooledPixelStore):
             "pixel_AUPRO_per_image": self.aupro_sum / self.aupro_count,
         }
 
-    def _computed_cache(self) -> dict[str, Any]:
-        if self._cache is None:
+    def _computed_results(self) -> dict[str, Any]:
+        if self._results is None:
             self._computed = None  # make torchmetrics run compute() (with its DDP sync) instead of its cache
             self.compute()
-        assert self._cache is not None
-        return self._cache
+        assert self._results is not None
+        return self._results
 
     def thresholds(self) -> dict[str, float]:
         """F1-optimal thresholds ``{"image": t, "pixel": t}`` (anomalous when score >= t); NaN if undefined.
 
         Computes the metrics first if needed; after ``compute()`` it costs nothing.
         """
-        cache = self._computed_cache()
+        cache = self._computed_results()
         return {k: float(v) for k, v in cache["thresholds"].items()}
 
     def curves(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
@@ -137,7 +137,7 @@ class AnomalyMetrics(PooledPixelStore):
         Keys: ``image_roc`` and ``pixel_roc`` (fpr, tpr), ``pixel_pro`` (fpr, pooled PRO). Ties are one diagonal
         segment; pixel curves can have ~2 points per distinct anomalous score, so decimate before plotting many.
         """
-        cache = self._computed_cache()
+        cache = self._computed_results()
         out = {
             "image_roc": F.roc_curve(cache["image"]),
             "pixel_roc": F.roc_curve(cache["pixel"]),
@@ -148,4 +148,4 @@ class AnomalyMetrics(PooledPixelStore):
     def reset(self) -> None:
         """Clear the states and the cached curves."""
         super().reset()
-        self._cache = None
+        self._results = None
