@@ -81,7 +81,7 @@ def test_bad_type_and_malformed_argument():
 
 def test_deterministic_run_name_changes_with_config():
     a, b = load_config(["seed=1"]), load_config(["seed=1"])
-    assert a.run == b.run and a.run.startswith("concat-s1-")
+    assert a.run == b.run and a.run.startswith("gii-s1-")
     assert load_config(["seed=1", "optim.lr_student=0.1"]).run != a.run
     assert load_config(["run=mine"]).run == "mine"
 

@@ -31,7 +31,7 @@ class ModelConfig:
     backbone: str = "wide_resnet50_2.tv_in1k"
     pretrained: bool = True
     checkpoint: str | None = None
-    injection: str = "concat"
+    injection: str = "gii"
     expert: bool = True
     train_teacher: bool = True
     xavier_init: bool = True
