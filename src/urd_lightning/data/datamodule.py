@@ -12,7 +12,6 @@ training uses ``TrainSampler`` (seed + epoch shuffle, equal step counts per rank
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -21,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from urd_lightning.config import CONFIG_DIR
 from urd_lightning.data.benchmarks import BENCHMARKS, index
 from urd_lightning.data.check import check_dataset, raise_on_problems
 from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
@@ -30,12 +30,11 @@ from urd_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "data"
 
 
 def benchmark_config(benchmark: str) -> dict[str, Any]:
     """``configs/data/<benchmark>.yaml`` as a plain dict (the ``data:`` and ``categories:`` blocks)."""
-    path = CONFIG_DIR / f"{benchmark}.yaml"
+    path = CONFIG_DIR / "data" / f"{benchmark}.yaml"  # the same folder the config loader reads (URD_CONFIG_DIR)
     if not path.is_file():
         raise ConfigError(f"{path} not found: pass data.root, data.category and data.foreground explicitly")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
