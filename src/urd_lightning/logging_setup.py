@@ -20,8 +20,26 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("urd_lightning")
 
 
+class _LightningNoise(logging.Filter):
+    """Drops two Lightning info lines that mislead here.
+
+    ``Trainer.fit stopped: max_steps=N`` counts optimizer steps, twice the URD iterations the user asked for (the
+    summary says which iteration the run reached), and the LitLogger tip advertises a service unrelated to a run.
+    """
+
+    PREFIXES = ("`Trainer.fit` stopped: `max_steps=", "💡 Tip: For seamless cloud")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.PREFIXES)
+
+
 def setup_console_logging(level: int = logging.INFO) -> None:
     """``urd_lightning`` messages on stderr, on rank zero only (other ranks only warn)."""
+    # Lightning's rank-zero messages go through whichever of these two loggers was imported last.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        lightning_info = logging.getLogger(name)
+        if not any(isinstance(f, _LightningNoise) for f in lightning_info.filters):
+            lightning_info.addFilter(_LightningNoise())
     logger = logging.getLogger("urd_lightning")
     if not logger.handlers:
         handler = logging.StreamHandler()
