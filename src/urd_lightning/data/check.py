@@ -149,7 +149,10 @@ def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
     report = CheckReport(benchmark, str(root))
     root = Path(root)
     if not root.is_dir():
-        report.problems.append(Problem(category or "-", str(root), "dataset root does not exist"))
+        # Say how to get the data, not only that it is missing (the download command verifies checksums).
+        fix = ("point data.root at your images" if benchmark == "folder" else
+               f"get it with 'python -m urd_lightning data download {benchmark} --root {root}' or set data.root")
+        report.problems.append(Problem(category or "-", str(root), f"dataset root does not exist ({fix})"))
         return report
     known = CATEGORIES.get(benchmark, ())
     if category is not None:
