@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from urd_lightning.errors import CheckpointError
-from urd_lightning.models.encoder import DEFAULT_BACKBONE
+from urd_lightning.models.encoder import DEFAULT_BACKBONE, compare_state_dicts
 from urd_lightning.models.student import Injection, _conv_bn_relu, init_student_weights
 from urd_lightning.models.urd import URD
 
@@ -87,16 +87,14 @@ def load_authors_checkpoint(path: str | os.PathLike, backbone: str = DEFAULT_BAC
             if not isinstance(value, Tensor):
                 raise CheckpointError(f"{path}: {group}[{key!r}] is not a tensor")
             state[_to_ours(group, key)] = value
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    missing, unexpected, reshaped = compare_state_dicts(net.state_dict(), state)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match URD(backbone={backbone!r}, injection={injection!r}): "
                               f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]} (our names)")
-    for key, value in state.items():
-        if value.shape != own[key].shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, URD(backbone={backbone!r}) expects "
-                                  f"{tuple(own[key].shape)}; pass the backbone the checkpoint was trained with")
+    if reshaped:
+        key, got, want = reshaped[0]
+        raise CheckpointError(f"{path}: {key} has shape {got}, URD(backbone={backbone!r}) expects "
+                              f"{want}; pass the backbone the checkpoint was trained with")
     net.load_state_dict(state, strict=True)
     log.info("Loaded the authors' checkpoint %s (injection=%s)", path, injection)
     return net.eval()

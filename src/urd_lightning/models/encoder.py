@@ -198,15 +198,27 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    missing, unexpected, reshaped = compare_state_dicts(encoder.state_dict(), state)
     if missing or unexpected:
         raise WeightsError(f"Weight file {path} does not match the encoder: missing keys {missing[:5]}"
                            f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
                            f"{'...' if len(unexpected) > 5 else ''}; is model.backbone the network it was saved from?")
-    for key, value in state.items():
-        if value.shape != own[key].shape:
-            raise WeightsError(f"Weight file {path}: {key} has shape {tuple(value.shape)}, the encoder expects "
-                               f"{tuple(own[key].shape)}; is model.backbone the network it was saved from?")
+    if reshaped:
+        key, got, want = reshaped[0]
+        raise WeightsError(f"Weight file {path}: {key} has shape {got}, the encoder expects "
+                           f"{want}; is model.backbone the network it was saved from?")
     encoder.load_state_dict(state, strict=True)
+
+
+def compare_state_dicts(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+                        ) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """What stops ``load_state_dict(state, strict=True)``, so callers can word the error for their file.
+
+    Returns missing and unexpected keys (sorted) and, among the shared keys, ``(key, shape in state, shape expected)``
+    for every shape mismatch.
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                if k in own and v.shape != own[k].shape]
+    return missing, unexpected, reshaped
