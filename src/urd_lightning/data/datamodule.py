@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import cv2
 import lightning as L
 import torch
 from omegaconf import OmegaConf
@@ -26,10 +25,10 @@ from urd_lightning.data.check import check_dataset, raise_on_problems
 from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
 from urd_lightning.data.foreground import METHODS, foreground_masks
 from urd_lightning.data.synthesis import make_texture_source
+from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
 
 
 def benchmark_config(benchmark: str) -> dict[str, Any]:
@@ -54,10 +53,6 @@ def _dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)  # each loader worker is one process already; cv2's own threads would oversubscribe
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -131,7 +126,7 @@ class AnomalyDataModule(L.LightningDataModule):
             foregrounds = None
             if self.synthesis and self.foreground != "none":
                 foregrounds = foreground_masks([s.image_path for s in train], self.foreground, self.image_size,
-                                               self.cache_dir)
+                                               self.cache_dir, workers=self.num_workers)
             self.train_data = AnomalyDataset(train, self.image_size, train=True, source=source,
                                              foregrounds=foregrounds, seed=self.seed, augment=self.augment)
             log.info("%s/%s: %d train, %d test images (foreground: %s)", self.benchmark, self.category, len(train),
@@ -146,9 +141,13 @@ class AnomalyDataModule(L.LightningDataModule):
     def _loader(self, dataset: AnomalyDataset | None, batch_size: int, sampler: Any) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        workers = self.num_workers > 0
+        # Workers come from a forkserver, never forked from this process (see data/workers.py: a fork after OpenCV
+        # used its thread pool here hangs the worker).
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), drop_last=False,  # authors keep the last batch
-                          persistent_workers=self.num_workers > 0, worker_init_fn=_worker_init)
+                          persistent_workers=workers, worker_init_fn=init_worker if workers else None,
+                          multiprocessing_context=worker_context() if workers else None)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches: ``image``, ``aug_image``, ``aug_mask``, ``index``."""

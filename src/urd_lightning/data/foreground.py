@@ -52,12 +52,16 @@ def _cache_key(path: str | Path, method: str, size: int) -> str:
     return f"{method}-{size}-{digest}"
 
 
+def _cache_file(path: str | Path, method: str, size: int, cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / f"{_cache_key(path, method, size)}.png"
+
+
 def cached_foreground(path: str | Path, method: str, size: int, cache_dir: str | Path) -> np.ndarray | None:
     """:func:`compute_foreground` for the image at ``path``, read from / written to ``cache_dir``."""
     if method == "none":
         return None
     cache_dir = Path(cache_dir)
-    cache_file = cache_dir / f"{_cache_key(path, method, size)}.png"
+    cache_file = _cache_file(path, method, size, cache_dir)
     if cache_file.is_file():
         cached = cv2.imread(str(cache_file), cv2.IMREAD_GRAYSCALE)
         if cached is not None and cached.shape == (size, size):
@@ -74,13 +78,40 @@ def cached_foreground(path: str | Path, method: str, size: int, cache_dir: str |
 
 
 def foreground_masks(paths: Sequence[str], method: str, size: int, cache_dir: str | Path,
-                     progress: bool = True) -> list[np.ndarray | None]:
-    """Foregrounds of every training image, computed once (GrabCut is slow) with a progress bar."""
+                     progress: bool = True, workers: int = 0) -> list[np.ndarray | None]:
+    """Foregrounds of every training image, computed once (GrabCut is slow) with a progress bar.
+
+    With ``workers`` > 0 the masks not yet cached are computed by that many worker processes started from a clean
+    forkserver (``data/workers.py``): GrabCut takes ~1 s per image and VisA has ~900 training images per category,
+    and OpenCV's thread pool then never runs in the training process, whose loader workers are started later.
+    """
     if method == "none":
         return [None] * len(paths)
-    iterator: Sequence[str] = paths
-    if progress and method == "grabcut":
+    paths = [str(p) for p in paths]
+    todo = [i for i, p in enumerate(paths) if not _cache_file(p, method, size, cache_dir).is_file()]
+    bar = None
+    if progress and method == "grabcut" and todo:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(paths, desc=f"foreground masks ({method}, cached in {cache_dir})", leave=False)
-    return [cached_foreground(p, method, size, cache_dir) for p in iterator]
+        bar = tqdm(total=len(todo), desc=f"foreground masks ({method}, cached in {cache_dir})", leave=False)
+    masks: dict[int, np.ndarray | None] = {}
+    if workers > 0 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from urd_lightning.data.workers import init_worker, worker_context
+
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=worker_context(),
+                                 initializer=init_worker) as pool:
+            for i, mask in zip(todo, pool.map(cached_foreground, [paths[i] for i in todo], [method] * len(todo),
+                                              [size] * len(todo), [str(cache_dir)] * len(todo)), strict=True):
+                masks[i] = mask
+                if bar is not None:
+                    bar.update()
+    for i, path in enumerate(paths):  # cached ones (and all of them without workers) in this process
+        if i not in masks:
+            masks[i] = cached_foreground(path, method, size, cache_dir)
+            if bar is not None and i in todo:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return [masks[i] for i in range(len(paths))]
