@@ -26,8 +26,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from urd_lightning.checkpoint import save_checkpoint  # noqa: E402
-from urd_lightning.export import InferenceGraph, export  # noqa: E402
+from urd_lightning.deploy.checkpoint import save_checkpoint  # noqa: E402
+from urd_lightning.deploy.export import InferenceGraph, export  # noqa: E402
 from urd_lightning.models import URD  # noqa: E402
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from urd_lightning.module import URDModule  # noqa: E402
+from urd_lightning.training.module import URDModule  # noqa: E402
 
 
 class RandomBatches(Dataset):

@@ -49,3 +49,15 @@ def mpdd_root(fake_roots: dict):
 @pytest.fixture(scope="session")
 def folder_root(fake_roots: dict):
     return fake_roots["folder"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_urd_logger():
+    """A training run configures the ``urd_lightning`` console logger (no propagation); undo it after each test so
+    that ``caplog`` in a later test sees the messages whatever order the tests run in."""
+    import logging
+
+    logger = logging.getLogger("urd_lightning")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from urd_lightning.benchmark.records import flatten
 from urd_lightning.config import CONFIG_DIR, load_config
-from urd_lightning.report import flatten
 
 # experiment -> {dotted key: value} it must change relative to the defaults (and nothing else).
 EXPECTED = {

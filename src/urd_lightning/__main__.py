@@ -13,14 +13,14 @@ import sys
 
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("urd_lightning.train", "main", "train and evaluate one (dataset, category): train key=value ..."),
-    "test": ("urd_lightning.train", "test_main", "evaluate a checkpoint: test ckpt=PATH [key=value ...]"),
+    "train": ("urd_lightning.training.train", "main", "train and evaluate one (dataset, category): train k=v ..."),
+    "test": ("urd_lightning.training.evaluate", "main", "evaluate a checkpoint: test ckpt=PATH [key=value ...]"),
     "print-config": ("urd_lightning.config", "print_config_main", "show the resolved config: print-config key=value"),
     "data": ("urd_lightning.data.cli", "main", "datasets: data download|check|demo <benchmark> --root DIR"),
-    "predict": ("urd_lightning.predict", "main", "score new images: predict ckpt=PATH input=FILE|DIR output=DIR"),
-    "export": ("urd_lightning.export", "main", "export a model: export ckpt=PATH format=onnx|torchscript"),
-    "benchmark": ("urd_lightning.benchmark", "main", "train every category of a benchmark: benchmark dataset=mvtec"),
-    "report": ("urd_lightning.report", "main", "tables and plots from a results folder: report DIR"),
+    "predict": ("urd_lightning.deploy.predict", "main", "score images: predict ckpt=PATH input=FILE|DIR output=DIR"),
+    "export": ("urd_lightning.deploy.export", "main", "export a model: export ckpt=PATH format=onnx|torchscript"),
+    "benchmark": ("urd_lightning.benchmark.runner", "main", "every category of a benchmark: benchmark dataset=mvtec"),
+    "report": ("urd_lightning.benchmark.report", "main", "tables and plots from a results folder: report DIR"),
 }
 
 

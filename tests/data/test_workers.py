@@ -51,7 +51,7 @@ def test_train_with_grabcut_on_empty_cache_and_periodic_eval_across_epochs(mvtec
     # The issue's two reproductions in one run: grabcut foregrounds on an empty cache with two loader workers, and
     # periodic evaluation (eval.every_n_steps=2) before the epoch boundary (6 images / batch 2 = 3 per epoch).
     code = f"""
-        from urd_lightning.train import main
+        from urd_lightning.training.train import main
         main(["dataset=mvtec", "data.root={mvtec_root}", "data.category=bottle", "data.foreground=grabcut",
               "trainer.max_steps=5", "data.train_batch_size=2", "data.num_workers=2", "data.image_size=32",
               "model.backbone=resnet18", "model.pretrained=false", "logger=none", "eval.every_n_steps=2",

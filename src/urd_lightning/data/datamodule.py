@@ -23,6 +23,7 @@ from urd_lightning.config import CONFIG_DIR
 from urd_lightning.data.benchmarks import BENCHMARKS, index
 from urd_lightning.data.check import check_dataset, raise_on_problems
 from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
+from urd_lightning.data.demo import ensure_demo
 from urd_lightning.data.foreground import METHODS, foreground_masks
 from urd_lightning.data.synthesis import make_texture_source
 from urd_lightning.data.workers import init_worker, worker_context
@@ -107,8 +108,6 @@ class AnomalyDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the embedded demo dataset when it is missing or outdated (no download ever happens here)."""
         if self.benchmark == "demo":
-            from urd_lightning.data.demo import ensure_demo
-
             ensure_demo(self.root)
 
     def setup(self, stage: str | None = None) -> None:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from urd_lightning.data.transforms import read_rgb
+from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
 
 METHODS = ("none", "otsu", "grabcut")
@@ -97,8 +98,6 @@ def foreground_masks(paths: Sequence[str], method: str, size: int, cache_dir: st
     masks: dict[int, np.ndarray | None] = {}
     if workers > 0 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor
-
-        from urd_lightning.data.workers import init_worker, worker_context
 
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=worker_context(),
                                  initializer=init_worker) as pool:

@@ -2,7 +2,7 @@
 
 Follows urd-method.md §1 (expert/teacher/student), §3.3 (mode handling: the expert never leaves eval mode), §6 (the
 anomaly map compares the *teacher* with the student) and §8 (RD4AD = no expert, frozen encoder, no injection, no
-Xavier override). Plain torch + timm: no Lightning here; the training step lives in ``urd_lightning.module``.
+Xavier override). Plain torch + timm: no Lightning here; the training step lives in ``urd_lightning.training.module``.
 """
 
 from __future__ import annotations

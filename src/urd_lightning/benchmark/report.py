@@ -4,22 +4,23 @@ Reads the ``results/<dataset>/<category>/<run>/metrics.json`` files that trainin
 "results") and, for every (dataset, run) found, writes under ``<dataset folder>/_reports/<run>/``:
 ``results.csv`` (one row per category: metrics, durations, the run's flattened ``config.yaml``), ``results.md``
 (categories in the community order, a mean row, the paper's published means and the difference) and the plots of
-:mod:`urd_lightning.report_plots`. The benchmark runner (:mod:`urd_lightning.benchmark`) calls the same functions.
+:mod:`urd_lightning.benchmark.plots`. The benchmark runner (:mod:`urd_lightning.benchmark.runner`) calls the same
+functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from urd_lightning.benchmark.paper import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE
+from urd_lightning.benchmark.plots import write_plots
+from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, find_runs, group_runs
+from urd_lightning.data.categories import dataset_categories, order_categories
 from urd_lightning.errors import URDError
-from urd_lightning.paper_numbers import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE, order_categories
 
 log = logging.getLogger(__name__)
 
@@ -31,89 +32,6 @@ TABLE_COLUMNS: dict[str, str] = {
     "pixel_AUPRO": "AUPRO pooled (MVTec official)",
     "pixel_AP": "pixel AP",
 }
-REPORTS_DIRNAME = "_reports"  # folders starting with "_" are never read as categories
-
-
-@dataclass
-class RunRecord:
-    """One (dataset, category, run): its metrics.json content, or why there is none.
-
-    Attributes:
-        dataset: Benchmark name.
-        category: Category name.
-        run: Run name (the results sub-folder).
-        status: ``done`` (metrics.json read), ``failed``, ``missing`` or ``conflict`` (set by the runner).
-        path: The run folder, when known.
-        metrics: The parsed metrics.json (empty unless done).
-        config: The run's ``config.yaml`` flattened to dotted keys (empty if absent).
-        error: What went wrong, for failed/conflict rows.
-    """
-
-    dataset: str
-    category: str
-    run: str
-    status: str = "done"
-    path: Path | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings to dotted keys; lists become JSON strings so every value fits a CSV cell."""
-    if not isinstance(tree, dict):
-        return {prefix: json.dumps(tree) if isinstance(tree, list) else tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def read_run(run_dir: Path) -> RunRecord:
-    """Read one run folder (``metrics.json`` and, if present, ``config.yaml``).
-
-    Raises:
-        URDError: If metrics.json is not valid JSON or lacks the design's identity keys.
-    """
-    metrics_path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(metrics_path.read_text())
-        dataset, category, run = metrics["dataset"], metrics["category"], metrics["run"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise URDError(
-            f"{metrics_path} is not a metrics.json of this project ({exc!r}); it needs the keys dataset, category, "
-            "run and final (docs/design.md, 'results'). Delete it, or rerun that category, to fix it."
-        ) from exc
-    config: dict[str, Any] = {}
-    config_path = run_dir / "config.yaml"
-    if config_path.is_file():
-        import yaml  # PyYAML ships with omegaconf
-
-        config = flatten(yaml.safe_load(config_path.read_text()) or {})
-    return RunRecord(str(dataset), str(category), str(run), "done", run_dir, metrics, config)
-
-
-def find_runs(root: str | Path) -> list[RunRecord]:
-    """Every finished run under ``root`` (any depth), skipping ``_reports`` and other ``_``-prefixed folders."""
-    root = Path(root)
-    if not root.is_dir():
-        raise URDError(f"results folder {root} does not exist; pass the folder training wrote (e.g. results/mvtec).")
-    found = []
-    for path in sorted(root.rglob("metrics.json")):
-        if any(part.startswith("_") for part in path.relative_to(root).parts[:-1]):
-            continue
-        found.append(read_run(path.parent))
-    return found
-
-
-def group_runs(records: list[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
-    """Group records by (dataset, run)."""
-    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for record in records:
-        groups[(record.dataset, record.run)].append(record)
-    return dict(groups)
-
-
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
@@ -226,16 +144,12 @@ def write_report(
     paths = {"csv": write_csv(records, out / "results.csv"), "markdown": out / "results.md"}
     paths["markdown"].write_text(markdown_table(dataset, run, records, expected))
     if plots:
-        from urd_lightning.report_plots import write_plots
-
         paths.update(write_plots(dataset, run, [r for r in records if r.status == "done"], out))
     return paths
 
 
 def _known_categories(dataset: str) -> list[str] | None:
     """The benchmark's full category list, so a partial results folder shows what is missing (None if unknown)."""
-    from urd_lightning.benchmark import dataset_categories  # local: benchmark imports this module
-
     try:
         return dataset_categories(dataset)
     except URDError:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from urd_lightning import __version__
 from urd_lightning.errors import CheckpointError
 
 EXTRAS_KEY = "urd_lightning"
@@ -208,8 +209,6 @@ def save_checkpoint(
     Returns:
         The written path.
     """
-    from urd_lightning import __version__
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.state_dict().items()}

@@ -1,4 +1,4 @@
-"""Report: results tree -> CSV, markdown table beside the paper's means, plots (urd_lightning.report)."""
+"""Report: results tree -> CSV, markdown table beside the paper's means, plots (urd_lightning.benchmark.report)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,18 @@ from pathlib import Path
 import matplotlib
 import pytest
 
+from urd_lightning.benchmark.paper import PAPER_MEANS
+from urd_lightning.benchmark.report import (
+    RunRecord,
+    find_runs,
+    group_runs,
+    main,
+    markdown_table,
+    write_csv,
+    write_report,
+)
+from urd_lightning.data.categories import CATEGORY_ORDER, order_categories
 from urd_lightning.errors import URDError
-from urd_lightning.paper_numbers import CATEGORY_ORDER, PAPER_MEANS, order_categories
-from urd_lightning.report import RunRecord, find_runs, group_runs, main, markdown_table, write_csv, write_report
 
 matplotlib.use("Agg")
 METRICS = (

@@ -9,7 +9,7 @@ from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
 from urd_lightning.models import losses
-from urd_lightning.module import URDModule
+from urd_lightning.training.module import URDModule
 
 SIZE = 32
 

@@ -1,6 +1,6 @@
 """Python inference API: load a checkpoint, predict a batch (issue 6).
 
-    from urd_lightning.inference import URDInferencer
+    from urd_lightning.deploy.inference import URDInferencer
     inferencer = URDInferencer.from_checkpoint("results/mvtec/bottle/run/checkpoints/last.ckpt")
     result = inferencer.predict_images(["a.png", "b.jpg"])      # or .predict(normalised_batch)
     result.pred_score, result.pred_label, result.anomaly_map    # raw score, decision, (B,1,S,S) smoothed map
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from urd_lightning.checkpoint import CheckpointInfo, load_model
 from urd_lightning.data.transforms import Resizer, normalize, read_rgb
+from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model
 from urd_lightning.errors import CheckpointError, ConfigError
 
 _EPS = 1e-12
@@ -151,7 +151,7 @@ class URDInferencer:
         device: str = "cpu",
         trust_checkpoint: bool = False,
     ) -> URDInferencer:
-        """Load a checkpoint safely (see :mod:`urd_lightning.checkpoint`) and wrap it.
+        """Load a checkpoint safely (see :mod:`urd_lightning.deploy.checkpoint`) and wrap it.
 
         Args:
             path: ``.ckpt`` written by training.

@@ -10,8 +10,9 @@ import torch
 
 from urd_lightning.config import load_config
 from urd_lightning.errors import DataError
-from urd_lightning.module import NonFiniteLossError
-from urd_lightning.train import main, run_dir_of, train
+from urd_lightning.training.builders import run_dir_of
+from urd_lightning.training.module import NonFiniteLossError
+from urd_lightning.training.train import main, train
 
 METRICS = {"image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
            "pixel_AUPRO_per_image"}
@@ -34,6 +35,8 @@ def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):
     assert {"dataset", "category", "run", "injection", "durations"} <= set(payload)
     assert (run / "config.yaml").is_file() and (run / "roc_curve.png").is_file() and (run / "pro_curve.png").is_file()
     assert len(list((run / "images").glob("*.png"))) == 2
+    # The checkpoint names no Python class (no module path of this package): it survives moving code around.
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "checkpoints" / "last.ckpt") == []
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     extras = ckpt["urd_lightning"]
     assert extras["image_size"] == 32 and extras["category"] == "bottle" and extras["model"]["backbone"] == "resnet18"
@@ -111,7 +114,7 @@ def test_wandb_offline_smoke(mvtec_root, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_test_command_reproduces_final_metrics(mvtec_root, tmp_path):
-    from urd_lightning.evaluate import evaluate_checkpoint
+    from urd_lightning.training.evaluate import evaluate_checkpoint
 
     cfg = load_config(tiny(mvtec_root, tmp_path))
     metrics = train(cfg)

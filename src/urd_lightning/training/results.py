@@ -14,8 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
+
+from urd_lightning.training.callbacks import AtomicCheckpointIO
+from urd_lightning.training.loggers import log_summary
 
 TRAIN_STATE = "train_state.json"  # steps, training time and periodic evaluations, written at the end of training
 METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
@@ -148,10 +152,6 @@ class ResultsWriter(Callback):
         path = self.run_dir / "checkpoints" / "last.ckpt"
         if not path.is_file():
             return
-        import torch
-
-        from urd_lightning.callbacks import AtomicCheckpointIO
-
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         pl_module.on_save_checkpoint(checkpoint)
         AtomicCheckpointIO().save_checkpoint(checkpoint, path)
@@ -169,8 +169,6 @@ class ResultsWriter(Callback):
             payload["periodic"] = pl_module.periodic
         write_metrics(self.run_dir, payload)
         plot_curves(self.run_dir, pl_module.curves or {})
-        from urd_lightning.logging_setup import log_summary
-
         log_summary(self.logger, {f"final/{k}": v for k, v in pl_module.final.items()}
                     | {f"oracle/{k}": v for k, v in (oracle or {}).items()} | self.durations)
         print(summary_table(payload, self.run_dir), flush=True)  # the user-facing result of `make train`

@@ -9,7 +9,7 @@ subprocess, so memory, CUDA state and W&B runs stay separate; ``--gpus`` runs on
 (tests). All categories share one run name, so their results sit side by side in
 ``<output_dir>/<dataset>/<category>/<run>/``. A category whose ``metrics.json`` exists for the same config is
 skipped (resumable); a failed category is recorded and the runner goes on. The table and plots
-(:mod:`urd_lightning.report`) are written to ``<output_dir>/<dataset>/_reports/<run>/``.
+(:mod:`urd_lightning.benchmark.report`) are written to ``<output_dir>/<dataset>/_reports/<run>/``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from urd_lightning import config as urd_config
+from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten, read_run
+from urd_lightning.benchmark.report import write_report
+from urd_lightning.data.categories import dataset_categories, order_categories
 from urd_lightning.errors import ConfigError
-from urd_lightning.paper_numbers import CATEGORY_ORDER, order_categories
-from urd_lightning.report import REPORTS_DIRNAME, RunRecord, flatten, read_run, write_report
+from urd_lightning.training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +66,6 @@ class Job:
     def run_dir(self) -> Path:
         """``<output_dir>/<dataset>/<category>/<run>`` (design.md, results)."""
         return Path(self.cfg.output_dir) / self.cfg.dataset / self.category / str(self.cfg.run)
-
-
-def dataset_categories(dataset: str) -> list[str]:
-    """The categories of a benchmark: its dataset file's ``categories:`` table, else the community list."""
-    path = urd_config.CONFIG_DIR / "data" / f"{dataset}.yaml"
-    table = OmegaConf.load(path).get("categories") if path.is_file() else None
-    names = [str(c) for c in table] if table else list(CATEGORY_ORDER.get(dataset, ()))
-    if not names:
-        raise ConfigError(f"{path} has no categories: table; pass the categories with --categories a,b,c")
-    return order_categories(dataset, names)
 
 
 def benchmark_run_name(overrides: list[str]) -> str:
@@ -158,8 +150,6 @@ def _run_subprocess(job: Job, log_path: Path, gpu: str | None, echo: bool) -> st
 
 
 def _run_in_process(job: Job) -> str:
-    from urd_lightning.train import train
-
     try:
         train(job.cfg)
     except Exception as exc:  # noqa: BLE001 — one category's failure must not lose the others (lead's decision)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from urd_lightning.__main__ import main as cli_main
-from urd_lightning.checkpoint import save_checkpoint
+from urd_lightning.deploy.checkpoint import save_checkpoint
+from urd_lightning.deploy.export import PARITY_TOLERANCE, ExportParityError, InferenceGraph, check_parity, export
 from urd_lightning.errors import CheckpointError, ConfigError
-from urd_lightning.export import PARITY_TOLERANCE, ExportParityError, InferenceGraph, check_parity, export
 from urd_lightning.models import URD
 
 SIZE = 32

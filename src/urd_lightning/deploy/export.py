@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from urd_lightning.checkpoint import CheckpointInfo, load_model
 from urd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model
+from urd_lightning.deploy.predict import NORMALIZATION_FORMULA, parse_key_values
 from urd_lightning.errors import ConfigError, URDError
-from urd_lightning.predict import NORMALIZATION_FORMULA, parse_key_values
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from urd_lightning.data.transforms import read_rgb
+from urd_lightning.deploy.inference import URDInferencer, resize_map
+from urd_lightning.deploy.outputs import heatmap_overlay, output_names, write_csv, write_json, write_map, write_png
 from urd_lightning.errors import ConfigError, DataError
-from urd_lightning.inference import URDInferencer, resize_map
-from urd_lightning.outputs import heatmap_overlay, output_names, write_csv, write_json, write_map, write_png
 
 log = logging.getLogger(__name__)
 

@@ -12,17 +12,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: reports are written on clusters without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from urd_lightning.paper_numbers import PAPER_MEANS  # noqa: E402
-
-if TYPE_CHECKING:
-    from urd_lightning.report import RunRecord
+from urd_lightning.benchmark.paper import PAPER_MEANS  # noqa: E402
+from urd_lightning.benchmark.records import RunRecord  # noqa: E402
 
 BAR_METRICS = {
     "image_AUROC": "image AUROC",

@@ -6,7 +6,7 @@ as ``.npy`` float32. Per run: ``results.csv`` (one row per file, unreadable file
 ``results.json`` (the same rows plus thresholds, score statistics and the normalisation formula).
 
 The heatmap colour scale is fixed across images so that pictures can be compared: it shows the normalised map
-(pixel threshold at the middle of the scale, see :func:`urd_lightning.inference.normalize_scores`); without score
+(pixel threshold at the middle of the scale, see :func:`urd_lightning.deploy.inference.normalize_scores`); without score
 statistics it shows ``clamp(raw / (2 · pixel threshold), 0, 1)``, which also puts the threshold at the middle.
 """
 

@@ -18,73 +18,21 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from urd_lightning.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
 from urd_lightning.config import load_config, to_yaml
-from urd_lightning.errors import CheckpointError, ConfigError
-from urd_lightning.logging_setup import build_logger, setup_console_logging
-from urd_lightning.summary import ResultsWriter, write_text_atomic
+from urd_lightning.errors import CheckpointError
+from urd_lightning.training.builders import build_datamodule, build_module, run_dir_of, trainer_kwargs
+from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
+from urd_lightning.training.loggers import build_logger, setup_console_logging
+from urd_lightning.training.results import ResultsWriter, write_text_atomic
 
 log = logging.getLogger("urd_lightning")
-DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
-
-
-def _on_cuda(cfg: DictConfig) -> bool:
-    return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``Trainer`` arguments from ``cfg.trainer`` with per-accelerator defaults filled in."""
-    kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
-    if kwargs["precision"] is None:  # bf16 autocast where the GPU supports it; full fp32 on CPU (the authors: fp32)
-        kwargs["precision"] = "bf16-mixed" if _on_cuda(cfg) and torch.cuda.is_bf16_supported() else "32-true"
-    strategy = kwargs["strategy"]
-    if strategy in DDP_START:
-        # One training iteration does two backward passes over disjoint parameter sets (teacher, then student),
-        # so each pass must tell DDP's reducer that the other set is unused this time: find_unused_parameters.
-        kwargs["strategy"] = DDPStrategy(find_unused_parameters=True, start_method=DDP_START[strategy])
-    elif strategy.startswith("ddp") and "find_unused_parameters_false" in strategy:
-        raise ConfigError(f"trainer.strategy={strategy} cannot work: URD's two backward passes need "
-                          "find_unused_parameters=True; use trainer.strategy=ddp")
-    return kwargs
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    """``<output_dir>/<dataset>/<category>/<run>``."""
-    return Path(cfg.output_dir) / str(cfg.dataset) / str(cfg.data.category) / str(cfg.run)
-
-
-def build_module(cfg: DictConfig) -> Any:
-    """``URDModule`` from the config (the only place the model and optim sections are unpacked)."""
-    from urd_lightning.module import URDModule
-
-    channels_last = _on_cuda(cfg) if cfg.channels_last is None else bool(cfg.channels_last)
-    return URDModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True), lr_teacher=cfg.optim.lr_teacher,
-        lr_student=cfg.optim.lr_student, betas=tuple(cfg.optim.betas), loss_variant=cfg.loss_variant,
-        synthesis=cfg.data.synthesis, image_size=cfg.data.image_size, dataset=cfg.dataset,
-        category=cfg.data.category, num_samples=cfg.eval.num_samples, channels_last=channels_last,
-        seed=cfg.seed,
-    )
-
-
-def build_datamodule(cfg: DictConfig) -> Any:
-    """``AnomalyDataModule(**cfg.data)``, already set up: missing or broken data stops here, before training."""
-    from urd_lightning.data.datamodule import AnomalyDataModule
-
-    datamodule = AnomalyDataModule(**OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
-    datamodule.setup("fit")  # runs the data check (DataError with its message) before any model is built
-    return datamodule
-
-
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     if not cfg.resume:
         return None
@@ -158,10 +106,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     train(load_config(argv))
     return 0
-
-
-def test_main(argv: list[str] | None = None) -> int:
-    """``python -m urd_lightning test ckpt=PATH [key=value ...]``: evaluate a checkpoint on its test set."""
-    from urd_lightning.evaluate import evaluate_checkpoint
-
-    return evaluate_checkpoint(list(argv or []))

@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 
 from urd_lightning.__main__ import main as cli_main
-from urd_lightning.checkpoint import load_model, save_checkpoint
 from urd_lightning.data.transforms import Resizer, normalize, read_rgb
+from urd_lightning.deploy.checkpoint import load_model, save_checkpoint
+from urd_lightning.deploy.inference import URDInferencer, normalize_scores
+from urd_lightning.deploy.outputs import output_names
+from urd_lightning.deploy.predict import predict
 from urd_lightning.errors import CheckpointError, ConfigError, DataError
-from urd_lightning.inference import URDInferencer, normalize_scores
 from urd_lightning.models import URD
-from urd_lightning.outputs import output_names
-from urd_lightning.predict import predict
 
 SIZE = 32
 STATS = {"image_min": 0.1, "image_max": 2.1, "pixel_min": 0.0, "pixel_max": 2.5}
@@ -210,7 +210,8 @@ def test_trained_checkpoint_predict_reproduces_evaluation(mvtec_root: Path, tmp_
     """A real Lightning checkpoint loads with weights_only and predict sees the evaluation's exact inputs:
     the extreme scores over the test set equal the score statistics the test stage stored."""
     from urd_lightning.config import load_config
-    from urd_lightning.train import run_dir_of, train
+    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.training.train import train
 
     cfg = load_config([
         f"data.root={mvtec_root}", "model.backbone=resnet18", "model.pretrained=false", "data.image_size=32",

@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 
 from urd_lightning.config import load_config
 from urd_lightning.errors import CheckpointError, ConfigError
-from urd_lightning.logging_setup import setup_console_logging
-from urd_lightning.summary import METRIC_ORDER, write_text_atomic
+from urd_lightning.training.builders import build_datamodule, build_module, trainer_kwargs
+from urd_lightning.training.loggers import setup_console_logging
+from urd_lightning.training.results import METRIC_ORDER, write_text_atomic
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -53,8 +54,6 @@ def evaluate_checkpoint(argv: list[str]) -> int:
     model_keys = [f"model.{k}={'null' if v is None else v}" for k, v in extras["model"].items()
                   if f"model.{k}" not in given and k != "pretrained"]
     cfg = load_config(implied + model_keys + ["model.pretrained=false", "logger=none"] + argv)
-    from urd_lightning.train import build_datamodule, build_module, trainer_kwargs
-
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -77,3 +76,8 @@ def evaluate_checkpoint(argv: list[str]) -> int:
         rows = [f"{k:<{width}}{module.final[k]:.4f}" for k in METRIC_ORDER if k in module.final]
         print("\n".join([f"{cfg.dataset}/{cfg.data.category}: {path}", *rows, f"written: {out}"]), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m urd_lightning test ckpt=PATH [key=value ...]``: evaluate a checkpoint on its test set."""
+    return evaluate_checkpoint(list(argv or []))

@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 from lightning.pytorch import Callback
-
 from test_train import tiny
+
 from urd_lightning.config import load_config
-from urd_lightning.evaluate import evaluate_checkpoint
-from urd_lightning.train import run_dir_of, train
+from urd_lightning.training.builders import run_dir_of
+from urd_lightning.training.evaluate import evaluate_checkpoint
+from urd_lightning.training.train import train
 
 
 class SaveRankState(Callback):

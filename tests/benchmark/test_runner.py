@@ -1,4 +1,4 @@
-"""Benchmark runner (urd_lightning.benchmark): planning, resuming, failures, subprocess and per-GPU scheduling, CLI.
+"""Benchmark runner (``benchmark/runner.py``): planning, resuming, failures, subprocess and per-GPU scheduling, CLI.
 
 Training is replaced by a fake that writes what train() writes (config.yaml, metrics.json) except in the end-to-end
 test at the bottom, which runs the real training on the embedded demo dataset with a tiny budget.
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from urd_lightning import benchmark
-from urd_lightning.benchmark import Job, benchmark_run_name, plan, run_benchmark
+from urd_lightning.benchmark import runner as benchmark
+from urd_lightning.benchmark.runner import Job, benchmark_run_name, plan, run_benchmark
 from urd_lightning.config import to_yaml
+from urd_lightning.data.categories import CATEGORY_ORDER
 from urd_lightning.errors import ConfigError
-from urd_lightning.paper_numbers import CATEGORY_ORDER
 
 FAKE_TRAIN = r"""
 import json, os, pathlib, sys, time
@@ -219,7 +219,7 @@ def test_demo_benchmark_every_category_through_the_cli(tmp_path: Path):
     import subprocess
 
     argv = [sys.executable, "-m", "urd_lightning", "benchmark", *tiny_demo(tmp_path, tmp_path / "demo_data")]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "**mean** (2/2)" in done.stdout
     for category in ("weave", "disc"):
@@ -228,7 +228,7 @@ def test_demo_benchmark_every_category_through_the_cli(tmp_path: Path):
 
 
 # ---- cluster scripts: they parse, and the commands they build resolve to valid configs -------------------------
-SLURM = Path(__file__).parents[1] / "experiments" / "slurm"
+SLURM = Path(__file__).parents[2] / "experiments" / "slurm"
 
 
 @pytest.mark.parametrize("script", ["array_categories.sbatch", "multinode_ddp.sbatch"])
@@ -279,7 +279,7 @@ def readme_commands(module_command: str) -> list[list[str]]:
     import re
     import shlex
 
-    text = (Path(__file__).parents[1] / "experiments" / "README.md").read_text().replace("\\\n", " ")
+    text = (Path(__file__).parents[2] / "experiments" / "README.md").read_text().replace("\\\n", " ")
     found = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():

@@ -1,0 +1,98 @@
+"""What a results folder holds, as records: one ``RunRecord`` per (dataset, category, run).
+
+Reads the ``results/<dataset>/<category>/<run>/metrics.json`` (and ``config.yaml``) files that training writes
+(docs/design.md, "results"). The runner builds records for the categories it ran or skipped; the report and the
+plots only read them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from urd_lightning.errors import URDError
+
+REPORTS_DIRNAME = "_reports"  # folders starting with "_" are never read as categories
+
+
+@dataclass
+class RunRecord:
+    """One (dataset, category, run): its metrics.json content, or why there is none.
+
+    Attributes:
+        dataset: Benchmark name.
+        category: Category name.
+        run: Run name (the results sub-folder).
+        status: ``done`` (metrics.json read), ``failed``, ``missing`` or ``conflict`` (set by the runner).
+        path: The run folder, when known.
+        metrics: The parsed metrics.json (empty unless done).
+        config: The run's ``config.yaml`` flattened to dotted keys (empty if absent).
+        error: What went wrong, for failed/conflict rows.
+    """
+
+    dataset: str
+    category: str
+    run: str
+    status: str = "done"
+    path: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys; lists become JSON strings so every value fits a CSV cell."""
+    if not isinstance(tree, dict):
+        return {prefix: json.dumps(tree) if isinstance(tree, list) else tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read one run folder (``metrics.json`` and, if present, ``config.yaml``).
+
+    Raises:
+        URDError: If metrics.json is not valid JSON or lacks the design's identity keys.
+    """
+    metrics_path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+        dataset, category, run = metrics["dataset"], metrics["category"], metrics["run"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise URDError(
+            f"{metrics_path} is not a metrics.json of this project ({exc!r}); it needs the keys dataset, category, "
+            "run and final (docs/design.md, 'results'). Delete it, or rerun that category, to fix it."
+        ) from exc
+    config: dict[str, Any] = {}
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        import yaml  # PyYAML ships with omegaconf
+
+        config = flatten(yaml.safe_load(config_path.read_text()) or {})
+    return RunRecord(str(dataset), str(category), str(run), "done", run_dir, metrics, config)
+
+
+def find_runs(root: str | Path) -> list[RunRecord]:
+    """Every finished run under ``root`` (any depth), skipping ``_reports`` and other ``_``-prefixed folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise URDError(f"results folder {root} does not exist; pass the folder training wrote (e.g. results/mvtec).")
+    found = []
+    for path in sorted(root.rglob("metrics.json")):
+        if any(part.startswith("_") for part in path.relative_to(root).parts[:-1]):
+            continue
+        found.append(read_run(path.parent))
+    return found
+
+
+def group_runs(records: list[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    """Group records by (dataset, run)."""
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.dataset, record.run)].append(record)
+    return dict(groups)

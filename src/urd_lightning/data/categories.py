@@ -1,0 +1,54 @@
+"""Each benchmark's categories: the community order of results tables and the list a benchmark run covers.
+
+The orders follow the anomalib conventions (docs ecosystem.md §5): MVTec AD lists the five textures first and then
+the ten objects, each group alphabetical, as anomalib's README tables do; VisA, BTAD and MPDD use their usual
+alphabetical order. The list of a benchmark comes from its dataset file (``configs/data/<benchmark>.yaml``,
+``categories:``), so the runner and the report agree on what a complete benchmark is.
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from urd_lightning import config as urd_config
+from urd_lightning.errors import ConfigError
+
+# Community order of each benchmark's categories (anomalib's README order for MVTec: textures, then objects).
+CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
+    "mvtec": (
+        "carpet", "grid", "leather", "tile", "wood",
+        "bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper",
+    ),
+    "visa": (
+        "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
+        "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+    ),
+    "btad": ("01", "02", "03"),
+    "mpdd": ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
+}  # fmt: skip
+
+
+def order_categories(dataset: str, categories: list[str] | tuple[str, ...]) -> list[str]:
+    """Sort categories into the benchmark's community order.
+
+    Args:
+        dataset: Benchmark name (``mvtec``, ``visa``, ``btad``, ``mpdd``, or any other).
+        categories: Category names, in any order; duplicates are dropped.
+
+    Returns:
+        Known categories in community order, followed by unknown ones alphabetically.
+    """
+    known = CATEGORY_ORDER.get(dataset, ())
+    unique = list(dict.fromkeys(categories))
+    ordered = [c for c in known if c in unique]
+    return ordered + sorted(c for c in unique if c not in known)
+
+
+def dataset_categories(dataset: str) -> list[str]:
+    """The categories of a benchmark: its dataset file's ``categories:`` table, else the community list."""
+    path = urd_config.CONFIG_DIR / "data" / f"{dataset}.yaml"
+    table = OmegaConf.load(path).get("categories") if path.is_file() else None
+    names = [str(c) for c in table] if table else list(CATEGORY_ORDER.get(dataset, ()))
+    if not names:
+        raise ConfigError(f"{path} has no categories: table; pass the categories with --categories a,b,c")
+    return order_categories(dataset, names)
