@@ -73,3 +73,29 @@ def test_foreground_workers_give_the_masks_of_one_process(mvtec_root, tmp_path):
     for a, b, c in zip(parallel, serial, cached, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+def test_a_forked_process_starts_its_own_forkserver(tmp_path):
+    # A ddp_fork rank is forked after the launching process may have started the forkserver (foreground masks in
+    # setup); multiprocessing's check of the inherited server (os.waitpid on a process that is not its child)
+    # would fail there.
+    code = """
+        import math, os
+        from concurrent.futures import ProcessPoolExecutor
+        from urd_lightning.data.workers import worker_context
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(1, mp_context=worker_context()) as pool:
+                assert list(pool.map(math.sqrt, [4])) == [2.0]
+            pid = os.fork()
+            if pid == 0:
+                with ProcessPoolExecutor(1, mp_context=worker_context()) as pool:
+                    ok = list(pool.map(math.sqrt, [9])) == [3.0]
+                os._exit(0 if ok else 3)  # after the pool has shut down: no orphaned worker keeps the pipes open
+            print("child exit", os.waitpid(pid, 0)[1] >> 8)
+    """
+    script = tmp_path / "fork_after_forkserver.py"
+    script.write_text(textwrap.dedent(code))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
+    assert done.returncode == 0 and done.stdout.strip() == "child exit 0", done.stderr[-3000:]
