@@ -55,6 +55,7 @@ class DataConfig:
     cache_dir: str = ".cache/urd/foreground"
     augment: bool = False
     check: bool = True
+    resize: str = "pil"
     normal_dir: str = "good"
     abnormal_dir: str | None = None
     mask_dir: str | None = None
@@ -134,6 +135,7 @@ CHOICES = {
     "logger": ("wandb", "csv", "none"),
     "loss_variant": ("head", "first_commit"),
     "model.injection": ("concat", "gii", "none"),
+    "data.resize": ("pil", "cv2"),
 }
 
 

@@ -32,12 +32,13 @@ class AnomalyDataset(Dataset):
         foregrounds: per-sample foreground masks at ``image_size`` (None entries: whole image).
         seed: base seed of the synthesis.
         augment: random horizontal/vertical flips of training images (off by default: the authors have none).
+        resize: ``pil`` (the authors' Pillow bilinear) or ``cv2`` (see ``transforms``), for images and masks.
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int, train: bool,
                  source: DTDTextures | ProceduralTextures | None = None,
                  foregrounds: Sequence[np.ndarray | None] | None = None, seed: int = 111,
-                 augment: bool = False) -> None:
+                 augment: bool = False, resize: str = "pil") -> None:
         self.samples = list(samples)
         self.image_size = image_size
         self.train = train
@@ -45,7 +46,7 @@ class AnomalyDataset(Dataset):
         self.foregrounds = list(foregrounds) if foregrounds is not None else [None] * len(self.samples)
         self.seed = seed
         self.augment = augment
-        self.resize = Resizer(image_size)
+        self.resizer = Resizer(image_size, resize)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -62,7 +63,7 @@ class AnomalyDataset(Dataset):
         return self._eval_item(index, sample)
 
     def _train_item(self, epoch: int, index: int, sample: Sample) -> dict[str, Any]:
-        image, _ = self.resize(read_rgb(sample.image_path))
+        image, _ = self.resizer(read_rgb(sample.image_path))
         image01 = image.astype(np.float32) / 255.0
         foreground = self.foregrounds[index]
         rng = self.rng(epoch, index)
@@ -91,7 +92,7 @@ class AnomalyDataset(Dataset):
             mask_src = read_mask(sample.mask_path)
         else:
             mask_src = np.zeros(rgb.shape[:2], np.uint8)
-        image, mask = self.resize(rgb, mask_src)
+        image, mask = self.resizer(rgb, mask_src)
         assert mask is not None
         return {
             "image": normalize(image.astype(np.float32) / 255.0),

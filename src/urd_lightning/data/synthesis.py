@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from urd_lightning.data.benchmarks import IMAGE_EXTENSIONS
-from urd_lightning.data.transforms import interpolation_for, read_rgb
+from urd_lightning.data.transforms import check_resize, read_rgb, resize_image
 from urd_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,13 @@ def perlin_mask(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class DTDTextures:
-    """Anomaly source images from a DTD folder (``images/<class>/*.jpg``, or any images below ``root``)."""
+    """Anomaly source images from a DTD folder (``images/<class>/*.jpg``, or any images below ``root``).
 
-    def __init__(self, root: str | Path) -> None:
+    Resized with ``resize`` (``pil``: Pillow bilinear, as the authors; ``cv2``: see ``transforms``).
+    """
+
+    def __init__(self, root: str | Path, resize: str = "pil") -> None:
+        self.resize = check_resize(resize)
         root = Path(root)
         base = root / "images" if (root / "images").is_dir() else root
         self.paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -79,8 +83,7 @@ class DTDTextures:
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """One image drawn uniformly, resized to ``size²``, as float32 [0, 1]; not augmented (as the authors)."""
         image = read_rgb(self.paths[int(rng.integers(len(self.paths)))])
-        image = cv2.resize(image, (size, size), interpolation=interpolation_for(image.shape[:2], size))
-        return image.astype(np.float32) / 255.0
+        return resize_image(image, size, self.resize).astype(np.float32) / 255.0
 
 
 class ProceduralTextures:
@@ -109,10 +112,10 @@ class ProceduralTextures:
         return np.clip(texture, 0, 1).astype(np.float32)
 
 
-def make_texture_source(dtd_root: str | Path | None) -> DTDTextures | ProceduralTextures:
+def make_texture_source(dtd_root: str | Path | None, resize: str = "pil") -> DTDTextures | ProceduralTextures:
     """DTD when ``dtd_root`` is set, else the procedural source with a one-line notice."""
     if dtd_root:
-        return DTDTextures(dtd_root)
+        return DTDTextures(dtd_root, resize=resize)
     log.warning("data.dtd_root is not set: synthetic anomalies use built-in procedural textures, so results "
                 "differ from the paper's setting (DTD).")
     return ProceduralTextures()
