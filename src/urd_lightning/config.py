@@ -53,6 +53,7 @@ class DataConfig:
     foreground: str = "auto"
     seed: int = 111
     cache_dir: str = ".cache/urd/foreground"
+    pixel_cache_dir: str | None = ".cache/urd/pixels"
     augment: bool = False
     check: bool = True
     resize: str = "pil"

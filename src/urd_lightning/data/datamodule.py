@@ -73,6 +73,8 @@ class AnomalyDataModule(L.LightningDataModule):
         foreground: ``auto`` (per category, from the YAML), ``none``, ``otsu`` or ``grabcut``.
         seed: seed of the shuffle and of the synthesis.
         cache_dir: where foreground masks are cached.
+        pixel_cache_dir: where decoded, resized training images and textures are cached (memory-mapped, shared by
+            the loader workers and ranks, ``data/cache.py``); None decodes them at every use.
         augment: random flips of training images (off: the authors use none).
         resize: ``pil`` (the authors' Pillow bilinear, default) or ``cv2`` (faster OpenCV), for images, masks and
             textures; foreground masks keep the authors' own OpenCV resize whatever this says.
@@ -85,7 +87,7 @@ class AnomalyDataModule(L.LightningDataModule):
                  image_size: int = 256, train_batch_size: int = 16, eval_batch_size: int = 16, num_workers: int = 4,
                  synthesis: bool = True, dtd_root: str | None = None, foreground: str = "auto", seed: int = 111,
                  cache_dir: str = ".cache/urd/foreground", augment: bool = False, check: bool = True,
-                 resize: str = "pil",
+                 resize: str = "pil", pixel_cache_dir: str | None = None,
                  normal_dir: str = "good", abnormal_dir: str | None = None, mask_dir: str | None = None,
                  normal_test_dir: str | None = None, normal_split_ratio: float = 0.2) -> None:
         super().__init__()
@@ -100,7 +102,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.synthesis, self.dtd_root, self.augment, self.check = synthesis, dtd_root, augment, check
         self.foreground = resolve_foreground(benchmark, self.category, foreground)
         self.resize = check_resize(resize)
-        self.cache_dir = cache_dir
+        self.cache_dir, self.pixel_cache_dir = cache_dir, pixel_cache_dir
         self.folder_options: dict[str, Any] = {}
         if benchmark == "folder":
             self.folder_options = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "mask_dir": mask_dir,
@@ -129,14 +131,16 @@ class AnomalyDataModule(L.LightningDataModule):
             self.test_data = AnomalyDataset(test, self.image_size, train=False, resize=self.resize)
         if self.train_data is None and stage in (None, "fit"):  # test/predict runs skip the (slow) foregrounds
             train = index(self.benchmark, self.root, self.category, "train", **self.folder_options)
-            source = make_texture_source(self.dtd_root, resize=self.resize) if self.synthesis else None
+            source = None
+            if self.synthesis:
+                source = make_texture_source(self.dtd_root, resize=self.resize, cache_dir=self.pixel_cache_dir)
             foregrounds = None
             if self.synthesis and self.foreground != "none":
                 foregrounds = foreground_masks([s.image_path for s in train], self.foreground, self.image_size,
                                                self.cache_dir, workers=self.num_workers)
             self.train_data = AnomalyDataset(train, self.image_size, train=True, source=source,
                                              foregrounds=foregrounds, seed=self.seed, augment=self.augment,
-                                             resize=self.resize)
+                                             resize=self.resize, pixel_cache_dir=self.pixel_cache_dir)
             log.info("%s/%s: %d train, %d test images (foreground: %s)", self.benchmark, self.category, len(train),
                      len(self.test_data), self.foreground)
 
