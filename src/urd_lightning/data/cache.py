@@ -64,6 +64,7 @@ class PixelCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=self.path.parent)
         try:
+            os.fchmod(handle, 0o644) if hasattr(os, "fchmod") else None  # mkstemp's 0600 would lock out other users
             os.ftruncate(handle, self.count * (self._slot + 1))  # sparse: disk is used as slots are filled
             os.close(handle)
             try:
