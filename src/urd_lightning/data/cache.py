@@ -94,7 +94,7 @@ class PixelCache:
         flags = mapping[self.count * self._slot:]
         data = mapping[index * self._slot:(index + 1) * self._slot]
         if flags[index]:
-            view = data.view().reshape(self.size, self.size, 3)
+            view = np.asarray(data).reshape(self.size, self.size, 3)  # a plain array: no memmap subclass downstream
             view.flags.writeable = False
             return view
         pixels = compute()
