@@ -12,7 +12,7 @@ Two resize methods (``data.resize``):
   Measured by ``experiments/bench_data.py --resize-only`` (shared 2-core CPU, one OpenCV thread), 1024² → 256²:
   grey levels differ from ``pil`` by 1.26 on average (max 7) on blurred noise, 2.54 (max 16) with fine noise on
   top; a mask of 1-3 px wide lines keeps an IoU of 0.865 with the ``pil`` mask (2159 vs 2303 pixels); speed per
-  RGB image 1.4-1.9 ms against 4.6-7.4 ms for ``pil`` (3-4x; the training-image cache pays it once per run).
+  RGB image 1.1-2.8 ms against 4.6-7.6 ms for ``pil`` (2.7-4.9x over 7 runs; the pixel cache pays it once per run).
 """
 
 from __future__ import annotations
