@@ -53,8 +53,10 @@ class DataConfig:
     foreground: str = "auto"
     seed: int = 111
     cache_dir: str = ".cache/urd/foreground"
+    pixel_cache_dir: str | None = ".cache/urd/pixels"
     augment: bool = False
     check: bool = True
+    resize: str = "pil"
     normal_dir: str = "good"
     abnormal_dir: str | None = None
     mask_dir: str | None = None
@@ -134,6 +136,7 @@ CHOICES = {
     "logger": ("wandb", "csv", "none"),
     "loss_variant": ("head", "first_commit"),
     "model.injection": ("concat", "gii", "none"),
+    "data.resize": ("pil", "cv2"),
 }
 
 

@@ -30,11 +30,11 @@ def test_readers_make_rgb_and_binary(tmp_path):
     assert read_mask(tmp_path / "m.png").sum() == 5
 
 
-def test_resize_matches_pil_bilinear_closely():
+def test_cv2_resize_matches_pil_bilinear_closely():
     rng = np.random.default_rng(0)
     smooth = cv2.GaussianBlur(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8), (0, 0), 3)
     image = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)  # fine detail aliases
-    ours, _ = Resizer(128)(image)
+    ours, _ = Resizer(128, "cv2")(image)
     pil = np.asarray(Image.fromarray(image).resize((128, 128), Image.BILINEAR))
     naive = cv2.resize(image, (128, 128), interpolation=cv2.INTER_LINEAR)
     ours_err = np.abs(ours.astype(float) - pil).mean()

@@ -47,6 +47,7 @@ VOLATILE_KEYS = (
     "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "data.pixel_cache_dir",  # where decoded pixels are cached: identical results with or without the cache
 )  # fmt: skip
 
 

@@ -4,11 +4,16 @@ Counts images per split, label and defect type, measures mask coverage, and list
 concerns: unreadable or truncated image, missing or orphan mask, mask/image size mismatch, empty anomalous mask,
 empty split, unknown category, missing root. Training runs the same function and stops on the first report with
 problems (``raise_on_problems``), before any GPU time is spent.
+
+Warnings do not stop training: an anomalous image whose mask is empty once resized to the model size (a defect of a
+pixel or two that the authors' ``> 0.5`` rule erases). Its folder label then says anomalous while its mask says
+normal; the authors' per-image PRO would crash on it, ours leaves the image out of the per-image AUPRO.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +21,10 @@ import numpy as np
 from PIL import Image
 
 from urd_lightning.data.benchmarks import CATEGORIES, SPLITS, Sample, index, list_images
-from urd_lightning.data.transforms import read_mask
+from urd_lightning.data.transforms import Resizer, read_mask
 from urd_lightning.errors import DataError, URDError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +48,7 @@ class CheckReport:
     counts: dict[str, int] = field(default_factory=dict)  # "category/split/label/defect" -> images
     mask_coverage: dict[str, float] = field(default_factory=dict)  # category -> mean anomalous share, anomalous imgs
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # listed, but training goes on (module doc)
 
     @property
     def ok(self) -> bool:
@@ -51,7 +59,8 @@ class CheckReport:
         """Machine-readable form (``data check --json``)."""
         return json.dumps({"benchmark": self.benchmark, "root": self.root, "ok": self.ok, "counts": self.counts,
                            "mask_coverage": self.mask_coverage,
-                           "problems": [vars(p) for p in self.problems]}, indent=2)
+                           "problems": [vars(p) for p in self.problems],
+                           "warnings": [vars(p) for p in self.warnings]}, indent=2)
 
     def format(self) -> str:
         """A readable table of counts followed by the problems."""
@@ -61,6 +70,9 @@ class CheckReport:
                   for cat, cov in sorted(self.mask_coverage.items())]
         lines.append(f"{len(self.problems)} problem(s)" + (":" if self.problems else ""))
         lines += [f"  {p}" for p in self.problems]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s):")
+            lines += [f"  {p}" for p in self.warnings]
         return "\n".join(lines)
 
 
@@ -74,6 +86,15 @@ def raise_on_problems(report: CheckReport, limit: int = 20) -> None:
                     f"\nRun 'python -m urd_lightning data check {report.benchmark} --root {report.root}' for details.")
 
 
+def log_warnings(report: CheckReport, limit: int = 5) -> None:
+    """Log the report's warnings (the first ``limit``) without stopping."""
+    for warning in report.warnings[:limit]:
+        log.warning("data check: %s", warning)
+    if len(report.warnings) > limit:
+        log.warning("data check: ... and %d more warnings (see 'python -m urd_lightning data check')",
+                    len(report.warnings) - limit)
+
+
 def _image_size(path: str) -> tuple[int, int] | str:
     """(width, height) after a full decode, or the error text (truncated files fail only on decode)."""
     try:
@@ -85,7 +106,7 @@ def _image_size(path: str) -> tuple[int, int] | str:
 
 
 def _check_samples(category: str, split: str, samples: list[Sample], report: CheckReport,
-                   require_masks: bool) -> None:
+                   require_masks: bool, resizer: Resizer | None = None) -> None:
     if not samples:
         report.problems.append(Problem(category, f"{split} split", f"empty {split} split"))
     coverages = []
@@ -114,6 +135,10 @@ def _check_samples(category: str, split: str, samples: list[Sample], report: Che
         mask = read_mask(sample.mask_path)
         if not mask.any():
             report.problems.append(Problem(category, sample.mask_path, "empty mask for an anomalous image"))
+        elif resizer is not None and not resizer.resize_mask(mask).any():
+            report.warnings.append(Problem(category, sample.mask_path,
+                                           f"mask empty at model size {resizer.size}² (data.resize={resizer.method}): "
+                                           "the defect vanishes when resized"))
         coverages.append(float(mask.mean()))
     if coverages:
         report.mask_coverage[category] = float(np.mean(coverages))
@@ -136,17 +161,20 @@ def _orphan_masks(category: str, samples: list[Sample], report: CheckReport) -> 
                 report.problems.append(Problem(category, str(mask), f"mismatched mask: {reason}"))
 
 
-def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
-                  **options: object) -> CheckReport:
+def check_dataset(benchmark: str, root: str | Path, category: str | None = None, image_size: int | None = 256,
+                  resize: str = "pil", **options: object) -> CheckReport:
     """Check one category (or every category found) of a benchmark; never raises for data problems.
 
     Args:
         benchmark: a key of ``benchmarks.BENCHMARKS``.
         root: dataset root.
         category: one category, or None for every known category present under ``root``.
+        image_size: model size at which anomalous masks must stay non-empty (warnings); None skips that check.
+        resize: the resize method (``data.resize``) used for that check.
         **options: the folder benchmark's directory keys.
     """
     report = CheckReport(benchmark, str(root))
+    resizer = Resizer(image_size, resize) if image_size else None
     root = Path(root)
     if not root.is_dir():
         # Say how to get the data, not only that it is missing (the download command verifies checksums).
@@ -177,7 +205,7 @@ def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
             continue
         require_masks = benchmark != "folder" or bool(options.get("mask_dir"))
         for split, samples in per_split.items():
-            _check_samples(cat, split, samples, report, require_masks)
+            _check_samples(cat, split, samples, report, require_masks, resizer)
         if any(s.label for s in per_split["train"]):
             report.problems.append(Problem(cat, "train split", "anomalous images in the train split"))
         overlap = {s.image_path for s in per_split["train"]} & {s.image_path for s in per_split["test"]}

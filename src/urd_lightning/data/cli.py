@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--root", required=True, help="dataset folder")
     check.add_argument("--category", default=None, help="one category (default: every category found)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--image-size", type=int, default=256, help="model size: warn when a defect mask vanishes")
+    check.add_argument("--resize", choices=("pil", "cv2"), default="pil", help="resize method (data.resize)")
     for key in ("normal-dir", "abnormal-dir", "mask-dir", "normal-test-dir"):
         check.add_argument(f"--{key}", default="good" if key == "normal-dir" else None, help="folder benchmark only")
     check.add_argument("--normal-split-ratio", type=float, default=0.2, help="folder benchmark only")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.benchmark == "folder":
             options = {"normal_dir": args.normal_dir, "abnormal_dir": args.abnormal_dir, "mask_dir": args.mask_dir,
                        "normal_test_dir": args.normal_test_dir, "normal_split_ratio": args.normal_split_ratio}
-        report = check_dataset(args.benchmark, args.root, args.category, **options)
+        report = check_dataset(args.benchmark, args.root, args.category, image_size=args.image_size,
+                               resize=args.resize, **options)
         print(report.to_json() if args.json else report.format())
         return 0 if report.ok else 1
     from urd_lightning.data.demo import ensure_demo, generate_demo

@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader
 
 from urd_lightning.config import CONFIG_DIR
 from urd_lightning.data.benchmarks import BENCHMARKS, index
-from urd_lightning.data.check import check_dataset, raise_on_problems
+from urd_lightning.data.check import check_dataset, log_warnings, raise_on_problems
 from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
 from urd_lightning.data.demo import ensure_demo
 from urd_lightning.data.foreground import METHODS, foreground_masks
 from urd_lightning.data.synthesis import make_texture_source
+from urd_lightning.data.transforms import check_resize
 from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
 
@@ -72,7 +73,11 @@ class AnomalyDataModule(L.LightningDataModule):
         foreground: ``auto`` (per category, from the YAML), ``none``, ``otsu`` or ``grabcut``.
         seed: seed of the shuffle and of the synthesis.
         cache_dir: where foreground masks are cached.
+        pixel_cache_dir: where decoded, resized training images and textures are cached (memory-mapped, shared by
+            the loader workers and ranks, ``data/cache.py``); None decodes them at every use.
         augment: random flips of training images (off: the authors use none).
+        resize: ``pil`` (the authors' Pillow bilinear, default) or ``cv2`` (faster OpenCV), for images, masks and
+            textures; foreground masks keep the authors' own OpenCV resize whatever this says.
         check: check the data (as ``data check``) in ``setup`` and stop with every problem found.
         normal_dir, abnormal_dir, mask_dir, normal_test_dir, normal_split_ratio: the folder benchmark's layout,
             relative to ``root`` (see ``benchmarks.index_folder``).
@@ -82,6 +87,7 @@ class AnomalyDataModule(L.LightningDataModule):
                  image_size: int = 256, train_batch_size: int = 16, eval_batch_size: int = 16, num_workers: int = 4,
                  synthesis: bool = True, dtd_root: str | None = None, foreground: str = "auto", seed: int = 111,
                  cache_dir: str = ".cache/urd/foreground", augment: bool = False, check: bool = True,
+                 resize: str = "pil", pixel_cache_dir: str | None = None,
                  normal_dir: str = "good", abnormal_dir: str | None = None, mask_dir: str | None = None,
                  normal_test_dir: str | None = None, normal_split_ratio: float = 0.2) -> None:
         super().__init__()
@@ -95,7 +101,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
         self.synthesis, self.dtd_root, self.augment, self.check = synthesis, dtd_root, augment, check
         self.foreground = resolve_foreground(benchmark, self.category, foreground)
-        self.cache_dir = cache_dir
+        self.resize = check_resize(resize)
+        self.cache_dir, self.pixel_cache_dir = cache_dir, pixel_cache_dir
         self.folder_options: dict[str, Any] = {}
         if benchmark == "folder":
             self.folder_options = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "mask_dir": mask_dir,
@@ -116,18 +123,24 @@ class AnomalyDataModule(L.LightningDataModule):
             if self.benchmark == "demo":
                 self.prepare_data()  # idempotent: covers direct use without a Trainer
             if self.check:
-                raise_on_problems(check_dataset(self.benchmark, self.root, self.category, **self.folder_options))
+                report = check_dataset(self.benchmark, self.root, self.category, image_size=self.image_size,
+                                       resize=self.resize, **self.folder_options)
+                raise_on_problems(report)
+                log_warnings(report)
             test = index(self.benchmark, self.root, self.category, "test", **self.folder_options)
-            self.test_data = AnomalyDataset(test, self.image_size, train=False)
+            self.test_data = AnomalyDataset(test, self.image_size, train=False, resize=self.resize)
         if self.train_data is None and stage in (None, "fit"):  # test/predict runs skip the (slow) foregrounds
             train = index(self.benchmark, self.root, self.category, "train", **self.folder_options)
-            source = make_texture_source(self.dtd_root) if self.synthesis else None
+            source = None
+            if self.synthesis:
+                source = make_texture_source(self.dtd_root, resize=self.resize, cache_dir=self.pixel_cache_dir)
             foregrounds = None
             if self.synthesis and self.foreground != "none":
                 foregrounds = foreground_masks([s.image_path for s in train], self.foreground, self.image_size,
                                                self.cache_dir, workers=self.num_workers)
             self.train_data = AnomalyDataset(train, self.image_size, train=True, source=source,
-                                             foregrounds=foregrounds, seed=self.seed, augment=self.augment)
+                                             foregrounds=foregrounds, seed=self.seed, augment=self.augment,
+                                             resize=self.resize, pixel_cache_dir=self.pixel_cache_dir)
             log.info("%s/%s: %d train, %d test images (foreground: %s)", self.benchmark, self.category, len(train),
                      len(self.test_data), self.foreground)
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from urd_lightning.data.benchmarks import Sample
+from urd_lightning.data.cache import PixelCache, content_digest
 from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures, synthesize
 from urd_lightning.data.transforms import Resizer, normalize, read_mask, read_rgb
 
@@ -32,12 +33,15 @@ class AnomalyDataset(Dataset):
         foregrounds: per-sample foreground masks at ``image_size`` (None entries: whole image).
         seed: base seed of the synthesis.
         augment: random horizontal/vertical flips of training images (off by default: the authors have none).
+        resize: ``pil`` (the authors' Pillow bilinear) or ``cv2`` (see ``transforms``), for images and masks.
+        pixel_cache_dir: where training images are cached once decoded and resized (``data/cache.py``), shared by
+            the loader workers; None decodes every image at every epoch. Evaluation images are not cached.
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int, train: bool,
                  source: DTDTextures | ProceduralTextures | None = None,
                  foregrounds: Sequence[np.ndarray | None] | None = None, seed: int = 111,
-                 augment: bool = False) -> None:
+                 augment: bool = False, resize: str = "pil", pixel_cache_dir: str | None = None) -> None:
         self.samples = list(samples)
         self.image_size = image_size
         self.train = train
@@ -45,7 +49,11 @@ class AnomalyDataset(Dataset):
         self.foregrounds = list(foregrounds) if foregrounds is not None else [None] * len(self.samples)
         self.seed = seed
         self.augment = augment
-        self.resize = Resizer(image_size)
+        self.resizer = Resizer(image_size, resize)
+        self.cache: PixelCache | None = None
+        if train and pixel_cache_dir and self.samples:
+            key = f"train|{content_digest([s.image_path for s in self.samples])}|{resize}"
+            self.cache = PixelCache(pixel_cache_dir, "train", key, len(self.samples), image_size)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,8 +69,11 @@ class AnomalyDataset(Dataset):
             return self._train_item(epoch, index, sample)
         return self._eval_item(index, sample)
 
+    def _load(self, sample: Sample) -> np.ndarray:
+        return self.resizer(read_rgb(sample.image_path))[0]
+
     def _train_item(self, epoch: int, index: int, sample: Sample) -> dict[str, Any]:
-        image, _ = self.resize(read_rgb(sample.image_path))
+        image = self._load(sample) if self.cache is None else self.cache.get(index, lambda: self._load(sample))
         image01 = image.astype(np.float32) / 255.0
         foreground = self.foregrounds[index]
         rng = self.rng(epoch, index)
@@ -91,7 +102,7 @@ class AnomalyDataset(Dataset):
             mask_src = read_mask(sample.mask_path)
         else:
             mask_src = np.zeros(rgb.shape[:2], np.uint8)
-        image, mask = self.resize(rgb, mask_src)
+        image, mask = self.resizer(rgb, mask_src)
         assert mask is not None
         return {
             "image": normalize(image.astype(np.float32) / 255.0),

@@ -8,6 +8,11 @@ Follows urd-method.md section 4 (authors' ``dataset/dataset_noise.py`` and ``uti
 - blended on [0, 1] images: x̃ = x·(1−M) + (1−β)·texture·M + β·x·M with β ~ U(0, 0.8);
 - every sample gets a synthetic counterpart (the authors' aug_prob = 1.0); its mask may still be empty.
 Every random draw comes from the ``np.random.Generator`` passed in, so a seed fixes the result.
+
+Speed (``experiments/bench_data.py``): textures come through a :class:`~urd_lightning.data.cache.PixelCache`
+(decoded and resized once per run, shared by the workers), and the Perlin noise gathers its lattice gradients with
+small per-row and per-column products spread with ``take`` instead of a 3-D fancy index and per-pixel products: the
+same float64 products and sums, so the noise is bit-identical to the straightforward version and ~6x faster.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import cv2
 import numpy as np
 
 from urd_lightning.data.benchmarks import IMAGE_EXTENSIONS
-from urd_lightning.data.transforms import interpolation_for, read_rgb
+from urd_lightning.data.cache import PixelCache, content_digest
+from urd_lightning.data.transforms import check_resize, read_rgb, resize_image
 from urd_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,8 @@ PERLIN_MAX_SCALE_EXP = 6  # t ∈ {0..5}: torch.randint(0, 6) in the authors' co
 PERLIN_THRESHOLD = 0.5  # authors' threshold on the rotated noise
 ROTATION_DEGREES = 90.0  # imgaug Affine(rotate=(-90, 90))
 BETA_MAX = 0.8  # β = torch.rand() * 0.8: how much of the original image shows through the texture
+PROCEDURAL_BANK = 2048  # procedural textures a sample draws from (DTD has 5,640 images); each is a pure function
+PROCEDURAL_VERSION = 1  # of its index: bump when the generator changes, so that cached textures are not reused
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
@@ -39,15 +47,19 @@ def perlin_noise(shape: tuple[int, int], periods: tuple[int, int], rng: np.rando
     height, width = shape
     py, px = periods
     angles = rng.uniform(0, 2 * np.pi, size=(py + 1, px + 1))
-    gradients = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    gx, gy = np.cos(angles), np.sin(angles)
     y = np.arange(height) * py / height
     x = np.arange(width) * px / width
-    yi, xi = np.floor(y).astype(int), np.floor(x).astype(int)
+    yi, xi = np.floor(y).astype(np.intp), np.floor(x).astype(np.intp)
     yf, xf = (y - yi)[:, None], (x - xi)[None, :]
 
     def corner(dy: int, dx: int) -> np.ndarray:
-        g = gradients[(yi + dy)[:, None], (xi + dx)[None, :]]
-        return g[..., 0] * (yf - dy) + g[..., 1] * (xf - dx)
+        # The lattice gradient at each pixel's (dy, dx) corner dotted with the offset to that corner. Each product
+        # is taken on a (H, px+1) or (py+1, W) array, whose entries are exactly the per-pixel products, then
+        # spread to (H, W) by ``take``: the same numbers as the per-pixel formula, ~6x faster.
+        along_y = (gx.take(yi + dy, axis=0) * (yf - dy)).take(xi + dx, axis=1)
+        along_y += (gy.take(xi + dx, axis=1) * (xf - dx)).take(yi + dy, axis=0)
+        return along_y
 
     u, v = _fade(xf), _fade(yf)
     top = corner(0, 0) * (1 - u) + corner(0, 1) * u
@@ -67,30 +79,66 @@ def perlin_mask(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class DTDTextures:
-    """Anomaly source images from a DTD folder (``images/<class>/*.jpg``, or any images below ``root``)."""
+    """Anomaly source images from a DTD folder (``images/<class>/*.jpg``, or any images below ``root``).
 
-    def __init__(self, root: str | Path) -> None:
+    Resized with ``resize`` (``pil``: Pillow bilinear, as the authors; ``cv2``: see ``transforms``). With
+    ``cache_dir`` each image is decoded and resized once per run and shared by the workers (``data/cache.py``); the
+    cache is keyed by the bytes of every image, so the folder is read once here to hash it.
+    """
+
+    def __init__(self, root: str | Path, resize: str = "pil", cache_dir: str | Path | None = None) -> None:
+        self.resize = check_resize(resize)
+        self.cache_dir = cache_dir
+        self._caches: dict[int, PixelCache] = {}
         root = Path(root)
         base = root / "images" if (root / "images").is_dir() else root
         self.paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.paths:
             raise DataError(f"no images under {base} (data.dtd_root): expected the DTD tree dtd/images/<class>/*.jpg")
+        self._digest = content_digest(self.paths) if cache_dir else ""
+
+    def _load(self, index: int, size: int) -> np.ndarray:
+        return resize_image(read_rgb(self.paths[index]), size, self.resize)
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """One image drawn uniformly, resized to ``size²``, as float32 [0, 1]; not augmented (as the authors)."""
-        image = read_rgb(self.paths[int(rng.integers(len(self.paths)))])
-        image = cv2.resize(image, (size, size), interpolation=interpolation_for(image.shape[:2], size))
-        return image.astype(np.float32) / 255.0
+        index = int(rng.integers(len(self.paths)))
+        if not self.cache_dir:
+            return self._load(index, size).astype(np.float32) / 255.0
+        if size not in self._caches:
+            key = f"dtd|{self._digest}|{self.resize}"
+            self._caches[size] = PixelCache(self.cache_dir, "dtd", key, len(self.paths), size)
+        return self._caches[size].get(index, lambda: self._load(index, size)).astype(np.float32) / 255.0
 
 
 class ProceduralTextures:
     """Built-in anomaly source for machines without DTD: random coloured noise, stripes and checkers.
 
-    Results then differ from the paper's setting (which uses DTD); the datamodule logs that once.
+    Results then differ from the paper's setting (which uses DTD); the datamodule logs that once. Like DTD, it is a
+    fixed bank of ``PROCEDURAL_BANK`` 8-bit textures, one drawn uniformly per sample: texture ``k`` is a pure
+    function of ``k`` and the size, generated on first use and, with ``cache_dir``, kept in a shared
+    ``PixelCache``, so it is no slower than DTD: generating a texture costs about twice a DTD image's decode and
+    resize (12 against 5 ms at 256²), once per run; from then on both are a read from the shared cache.
     """
 
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.cache_dir = cache_dir
+        self._caches: dict[int, PixelCache] = {}
+
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """One random ``(size, size, 3)`` float32 texture in [0, 1]."""
+        """One ``(size, size, 3)`` float32 texture in [0, 1], drawn uniformly from the bank."""
+        index = int(rng.integers(PROCEDURAL_BANK))
+        if not self.cache_dir:
+            return self.texture(index, size).astype(np.float32) / 255.0
+        if size not in self._caches:
+            key = f"procedural|{PROCEDURAL_VERSION}"
+            self._caches[size] = PixelCache(self.cache_dir, "procedural", key, PROCEDURAL_BANK, size)
+        return self._caches[size].get(index, lambda: self.texture(index, size)).astype(np.float32) / 255.0
+
+    @staticmethod
+    def texture(index: int, size: int) -> np.ndarray:
+        """Texture ``index`` of the bank as ``(size, size, 3)`` uint8 (its own generator, seeded by the index)."""
+        rng = np.random.default_rng([PROCEDURAL_VERSION, index])
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         kind = int(rng.integers(3))
         if kind == 0:  # multi-octave coloured noise
@@ -106,16 +154,17 @@ class ProceduralTextures:
         t = ((pattern + 1) / 2)[..., None]
         texture = colours[0] * (1 - t) + colours[1] * t
         texture += rng.normal(0, 0.03, size=texture.shape).astype(np.float32)
-        return np.clip(texture, 0, 1).astype(np.float32)
+        return np.rint(np.clip(texture, 0, 1) * 255).astype(np.uint8)
 
 
-def make_texture_source(dtd_root: str | Path | None) -> DTDTextures | ProceduralTextures:
-    """DTD when ``dtd_root`` is set, else the procedural source with a one-line notice."""
+def make_texture_source(dtd_root: str | Path | None, resize: str = "pil",
+                        cache_dir: str | Path | None = None) -> DTDTextures | ProceduralTextures:
+    """DTD when ``dtd_root`` is set, else the procedural source with a one-line notice; ``cache_dir``: pixel cache."""
     if dtd_root:
-        return DTDTextures(dtd_root)
+        return DTDTextures(dtd_root, resize=resize, cache_dir=cache_dir)
     log.warning("data.dtd_root is not set: synthetic anomalies use built-in procedural textures, so results "
                 "differ from the paper's setting (DTD).")
-    return ProceduralTextures()
+    return ProceduralTextures(cache_dir=cache_dir)
 
 
 def synthesize(image01: np.ndarray, source: DTDTextures | ProceduralTextures, rng: np.random.Generator,
@@ -139,5 +188,5 @@ def synthesize(image01: np.ndarray, source: DTDTextures | ProceduralTextures, rn
     beta = np.float32(rng.uniform(0, BETA_MAX))
     texture = source.sample(rng, size)
     blended = (1 - beta) * texture + beta * image01
-    augmented = np.where(mask[..., None] > 0, blended, image01).astype(np.float32)
-    return augmented, mask.astype(np.float32)
+    augmented = np.where(mask[..., None] > 0, blended, image01).astype(np.float32, copy=False)
+    return augmented, mask.astype(np.float32, copy=False)

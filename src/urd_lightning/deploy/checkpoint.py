@@ -44,6 +44,8 @@ class CheckpointInfo:
         thresholds: ``{"image", "pixel", "source"}`` F1-optimal thresholds, or ``None`` when training did not
             evaluate.
         score_stats: ``{"image_min", "image_max", "pixel_min", "pixel_max"}`` on the same set, or ``None``.
+        resize: the resize method training used (``data.resize``); ``cv2`` for checkpoints that predate the key,
+            which were all trained with it.
     """
 
     path: Path
@@ -54,6 +56,7 @@ class CheckpointInfo:
     category: str
     thresholds: dict[str, Any] | None
     score_stats: dict[str, float] | None
+    resize: str = "cv2"
 
 
 def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
@@ -130,6 +133,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[d
         category=str(extras.get("category", "unknown")),
         thresholds=dict(extras["thresholds"]) if extras.get("thresholds") else None,
         score_stats=dict(extras["score_stats"]) if extras.get("score_stats") else None,
+        resize=str(extras.get("resize", "cv2")),
     )
     return state, info
 
@@ -191,6 +195,7 @@ def save_checkpoint(
     category: str = "custom",
     thresholds: dict[str, Any] | None = None,
     score_stats: dict[str, float] | None = None,
+    resize: str = "pil",
 ) -> Path:
     """Write a plain ``URD`` as a checkpoint that ``predict``, ``export`` and :func:`load_model` read.
 
@@ -205,6 +210,7 @@ def save_checkpoint(
         category: category name, recorded for the user.
         thresholds: ``{"image", "pixel", "source"}`` raw thresholds, or ``None``.
         score_stats: ``{"image_min", "image_max", "pixel_min", "pixel_max"}``, or ``None``.
+        resize: how the model's inputs were resized (``data.resize``: ``pil`` or ``cv2``).
 
     Returns:
         The written path.
@@ -218,6 +224,7 @@ def save_checkpoint(
         "image_size": int(image_size),
         "dataset": dataset,
         "category": category,
+        "resize": resize,
         "thresholds": dict(thresholds) if thresholds is not None else None,
         "score_stats": dict(score_stats) if score_stats is not None else None,
     }

@@ -168,7 +168,9 @@ def _metadata(info: CheckpointInfo) -> dict[str, Any]:
         "input": {
             "name": INPUT_NAME,
             "shape": ["batch", 3, info.image_size, info.image_size],
-            "preprocessing": "RGB, resize to image_size (data/transforms.py Resizer), /255, ImageNet normalisation",
+            "preprocessing": f"RGB, resize to image_size (data/transforms.py Resizer, method {info.resize}), /255, "
+                             "ImageNet normalisation",
+            "resize": info.resize,
             "mean": [float(v) for v in IMAGENET_MEAN],
             "std": [float(v) for v in IMAGENET_STD],
         },

@@ -60,7 +60,7 @@ def preprocess(images: Sequence[np.ndarray], image_size: int, resizer: Resizer |
     Args:
         images: ``(H, W, 3) uint8`` RGB arrays of any sizes.
         image_size: the checkpoint's square input side.
-        resizer: a ``Resizer(image_size)`` to reuse (built here when ``None``).
+        resizer: the checkpoint's ``Resizer(image_size, method)`` (built here with the default ``pil`` when ``None``).
 
     Returns:
         ``(B, 3, image_size, image_size) float32``.
@@ -140,7 +140,7 @@ class URDInferencer:
         self.threshold_source = "override" if threshold is not None else str(stored.get("source", "checkpoint"))
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval()
-        self._resizer = Resizer(info.image_size)
+        self._resizer = Resizer(info.image_size, info.resize)  # as training resized (cv2 for older checkpoints)
 
     @classmethod
     def from_checkpoint(

@@ -53,7 +53,7 @@ def build_module(cfg: DictConfig) -> URDModule:
         lr_student=cfg.optim.lr_student, betas=tuple(cfg.optim.betas), loss_variant=cfg.loss_variant,
         synthesis=cfg.data.synthesis, image_size=cfg.data.image_size, dataset=cfg.dataset,
         category=cfg.data.category, num_samples=cfg.eval.num_samples, channels_last=channels_last,
-        seed=cfg.seed,
+        seed=cfg.seed, resize=cfg.data.resize,
     )
 
 

@@ -51,6 +51,8 @@ def evaluate_checkpoint(argv: list[str]) -> int:
         implied.append(f"data.category={extras['category']}")
     if "data.image_size" not in given:
         implied.append(f"data.image_size={extras['image_size']}")
+    if "data.resize" not in given:  # evaluate as trained; checkpoints older than the key were trained with cv2
+        implied.append(f"data.resize={extras.get('resize', 'cv2')}")
     model_keys = [f"model.{k}={'null' if v is None else v}" for k, v in extras["model"].items()
                   if f"model.{k}" not in given and k != "pretrained"]
     cfg = load_config(implied + model_keys + ["model.pretrained=false", "logger=none"] + argv)

@@ -56,7 +56,7 @@ class URDModule(LightningModule):
                  betas: tuple[float, float] = (0.5, 0.999), loss_variant: str = "head", synthesis: bool = True,
                  image_size: int = 256,
                  dataset: str = "", category: str = "", num_samples: int = 8, channels_last: bool = False,
-                 seed: int = 111) -> None:
+                 seed: int = 111, resize: str = "pil") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False  # two optimizers stepped in the authors' order, see training_step
@@ -275,6 +275,7 @@ class URDModule(LightningModule):
         checkpoint["urd_lightning"] = {
             "version": __version__, "model": dict(self.hparams.model), "image_size": int(self.hparams.image_size),
             "dataset": str(self.hparams.dataset), "category": str(self.hparams.category),
+            "resize": str(self.hparams.resize),  # predict must resize as training did
             "thresholds": self.thresholds, "score_stats": self.score_stats,
         }
         checkpoint["urd_periodic"] = list(self.periodic)  # periodic test-set evaluations survive a resume

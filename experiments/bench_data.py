@@ -1,0 +1,142 @@
+"""Data pipeline speed (training samples/s in one loader process) and the two resize methods compared.
+
+    python experiments/bench_data.py [--images 60] [--dtd 200] [--samples 120] [--size 256] [--profile]
+    python experiments/bench_data.py --resize-only
+
+Writes a temporary MVTec-like category (900² PNGs, the size of MVTec bottle) and a fake DTD folder of 640×480 JPEGs
+(the size of most DTD images), then times ``AnomalyDataset`` training items in this one process, as one loader
+worker runs them (OpenCV and torch on one thread, as ``data/workers.py`` sets): image, Perlin mask, texture,
+blend, normalisation, for DTD and for procedural textures, and:
+- ``no cache``: ``data.pixel_cache_dir=null``, every image and texture decoded and resized at every use;
+- ``cache, cold``: the first epoch with an empty cache (each image decoded once, then stored);
+- ``cache, warm``: the same samples again, every image and texture read from the memory-mapped cache (the steady
+  state of a run: a category has 60-1,000 images, so from the second epoch on).
+``--profile`` prints where a warm sample's time goes (cProfile). The script also runs against code without the
+pixel cache (it then measures the no-cache path only), which gave the "before" figures in ``docs/performance.md``.
+
+Resize methods (``--resize-only``, ``data.resize``), 1024² → 256²: a blurred-noise RGB image (with and without fine
+noise on top) and a mask of 1-3 px wide lines; the figures are quoted in ``data/transforms.py``.
+
+Figures: ``docs/performance.md``, section "Data pipeline (CPU)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import inspect
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+
+def _time(fn, repeat: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def compare_resize(size: int = 256, source: int = 1024, repeat: int = 20) -> None:
+    from urd_lightning.data.transforms import Resizer
+
+    if "method" not in inspect.signature(Resizer).parameters:
+        print("resize methods: this version has only the OpenCV resize")
+        return
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (source, source, 3), dtype=np.uint8), (0, 0), 2)
+    detailed = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)  # fine texture
+    pil, cv = Resizer(size, "pil"), Resizer(size, "cv2")
+    for name, image in (("blurred noise", smooth), ("blurred noise + fine noise", detailed)):
+        diff = np.abs(pil(image)[0].astype(np.int16) - cv(image)[0].astype(np.int16))
+        print(f"resize {source}²→{size}² RGB {name}, cv2 vs pil: mean |diff| {diff.mean():.2f} grey levels, "
+              f"max {diff.max()}")
+    mask = np.zeros((source, source), np.uint8)
+    for _ in range(30):
+        p0, p1 = rng.integers(0, source, 2), rng.integers(0, source, 2)
+        cv2.line(mask, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), 1, int(rng.integers(1, 4)))
+    a, b = pil.resize_mask(mask) > 0, cv.resize_mask(mask) > 0
+    iou = (a & b).sum() / max((a | b).sum(), 1)
+    print(f"thin-line mask (1-3 px lines) {source}²→{size}²: IoU cv2 vs pil {iou:.3f} (pil {a.sum()} px, "
+          f"cv2 {b.sum()} px)")
+    t_pil, t_cv = _time(lambda: pil(image), repeat), _time(lambda: cv(image), repeat)
+    print(f"resize time per image: pil {1e3 * t_pil:.2f} ms, cv2 {1e3 * t_cv:.2f} ms ({t_pil / t_cv:.1f}x)")
+
+
+def write_data(root: Path, images: int, dtd: int) -> tuple[list[Path], Path]:
+    rng = np.random.default_rng(0)
+    train = root / "bottle" / "train" / "good"
+    train.mkdir(parents=True)
+    paths = []
+    for i in range(images):  # smooth content with some detail, as a photographed object compresses
+        image = cv2.GaussianBlur(rng.integers(0, 256, (900, 900, 3), dtype=np.uint8), (0, 0), 3)
+        paths.append(train / f"{i:03d}.png")
+        cv2.imwrite(str(paths[-1]), image)
+    for i in range(dtd):
+        folder = root / "dtd" / "images" / f"class{i % 8}"
+        folder.mkdir(parents=True, exist_ok=True)
+        texture = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 1.5)
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), texture, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths, root / "dtd"
+
+
+def bench_pipeline(args: argparse.Namespace) -> None:
+    from urd_lightning.data.benchmarks import Sample
+    from urd_lightning.data.dataset import AnomalyDataset
+    from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures
+
+    cached = "pixel_cache_dir" in inspect.signature(AnomalyDataset).parameters
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, dtd_root = write_data(Path(tmp), args.images, args.dtd)
+        samples = [Sample(str(p), None, 0, "good") for p in paths]
+        n = args.samples
+        for texture in ("dtd", "procedural"):
+            modes = ["no cache", "cache, cold", "cache, warm"] if cached else ["no cache"]
+            for mode in modes:
+                cache_dir = str(Path(tmp) / "cache" / texture) if mode != "no cache" else None
+                kwargs = {"cache_dir": cache_dir} if cached else {}
+                source = DTDTextures(dtd_root, **kwargs) if texture == "dtd" else ProceduralTextures(**kwargs)
+                data_kwargs = {"pixel_cache_dir": cache_dir} if cached else {}
+                dataset = AnomalyDataset(samples, args.size, train=True, source=source, **data_kwargs)
+                items = [(1, i % len(samples)) for i in range(n)]
+                if mode == "cache, warm":
+                    for item in items:  # fill the cache: the timed pass then reads every image and texture
+                        dataset[item]
+                start = time.perf_counter()
+                for item in items:
+                    dataset[item]
+                rate = n / (time.perf_counter() - start)
+                print(f"{texture:<10} {mode:<12} {rate:7.1f} samples/s ({1e3 / rate:.2f} ms/sample)", flush=True)
+                if args.profile and mode == modes[-1]:
+                    profile = cProfile.Profile()
+                    profile.enable()
+                    for item in items:
+                        dataset[item]
+                    profile.disable()
+                    pstats.Stats(profile).sort_stats("tottime").print_stats(12)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=60, help="training images (900² PNG)")
+    parser.add_argument("--dtd", type=int, default=200, help="fake DTD images (640×480 JPEG)")
+    parser.add_argument("--samples", type=int, default=120, help="training items timed per setting")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--profile", action="store_true", help="cProfile the last setting of each texture source")
+    parser.add_argument("--resize-only", action="store_true", help="only compare the resize methods")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)  # one loader worker (data/workers.py)
+    torch.set_num_threads(1)
+    compare_resize(args.size)
+    if not args.resize_only:
+        bench_pipeline(args)
+
+
+if __name__ == "__main__":
+    main()
