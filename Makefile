@@ -14,7 +14,7 @@ STAMP := .cache/install.stamp
 
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: help install test test-slow test-ddp test-all test-ci-extra train evaluate benchmark report sweep lint demo-data clean
+.PHONY: help install test test-slow test-ddp test-all test-ci-extra train evaluate benchmark report sweep lint demo-data bench-gpu clean
 
 help:  ## list the commands
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ benchmark: install  ## every category of DATASET in turn, then the results table
 
 demo-data: install  ## (re)generate the embedded demo dataset under datasets/demo
 	$(PYTHON) -m urd_lightning data demo --root datasets/demo
+
+bench-gpu:  ## GPU throughput (authors' settings vs defaults, loader, eval, compile), <= 8 min: results/_bench/gpu-*.json/.md
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) experiments/bench_gpu.py --out results/_bench $(ARGS)
 
 lint:  ## ruff
 	$(PYTHON) -m ruff check src tests experiments

@@ -13,7 +13,7 @@ from urd_lightning.config import CONFIG_DIR, load_config
 # experiment -> {dotted key: value} it must change relative to the defaults (and nothing else).
 EXPECTED = {
     "paper": {},  # the defaults follow the paper (GII); the file pins them
-    "authors": {"model.injection": "concat"},
+    "authors": {"model.injection": "concat", "trainer.deterministic": True},
     "rd4ad": {
         "model.expert": False,
         "model.train_teacher": False,

@@ -119,6 +119,8 @@ class Config:
     seed: int = 111
     loss_variant: str = "head"
     channels_last: bool | None = None
+    batched_eval_forwards: bool = True
+    compile: bool = False
     checkpoint_every_n_steps: int = 1000
     resume: str | None = None
     ckpt: str | None = None

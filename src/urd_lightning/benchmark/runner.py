@@ -48,6 +48,7 @@ VOLATILE_KEYS = (
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "data.pixel_cache_dir",  # where decoded pixels are cached: identical results with or without the cache
+    "batched_eval_forwards", "compile",  # how fast, not what is computed
 )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ Xavier override). Plain torch + timm: no Lightning here; the training step lives
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -110,6 +111,30 @@ class URD(nn.Module):
             with torch.no_grad():
                 return list(self.teacher(x))
         return list(self.teacher(x))
+
+    def eval_features_pair(self, features: Callable[[Tensor], list[Tensor]], x: Tensor, x_aug: Tensor | None,
+                           batched: bool = True) -> tuple[list[Tensor], list[Tensor] | None]:
+        """``features(x)`` and ``features(x_aug)`` for an EVAL-mode part (expert, or the teacher re-forward).
+
+        With ``batched`` the two halves go through one forward of ``[x; x_aug]`` (2B samples): in eval mode every
+        sample is processed on its own (BatchNorm uses running statistics), so the result equals the two separate
+        forwards up to float rounding, at one kernel launch sequence instead of two. Train-mode forwards must stay
+        separate: there BatchNorm normalises with the statistics of the batch it sees (urd-method.md §3.3).
+        ``batched=False`` is the authors' two forwards.
+        """
+        if x_aug is None:
+            return features(x), None
+        if not batched:
+            return features(x), features(x_aug)
+        both = features(torch.cat([x, x_aug]))
+        n = x.shape[0]
+        return [f[:n] for f in both], [f[n:] for f in both]
+
+    def compile_parts(self, **options: object) -> None:
+        """Run expert, teacher and student through ``torch.compile`` (in place: state-dict keys are unchanged)."""
+        for part in (self.expert, self.teacher, self.student):
+            if part is not None:
+                part.compile(**options)
 
     def student_features(self, teacher_feats: list[Tensor]) -> list[Tensor]:
         """Student features from teacher features (its input and, for GII/concat, its injected skips)."""

@@ -29,6 +29,9 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     if kwargs["precision"] is None:  # bf16 autocast where the GPU supports it; full fp32 on CPU (the authors: fp32)
         kwargs["precision"] = "bf16-mixed" if _on_cuda(cfg) and torch.cuda.is_bf16_supported() else "32-true"
+    # cuDNN autotuning picks the fastest convolution algorithms (not bit-reproducible); trainer.deterministic=true
+    # turns it off, as the authors' setup_seed did (urd-method.md section 5). Lightning applies it.
+    kwargs["benchmark"] = _on_cuda(cfg) and not kwargs["deterministic"]
     strategy = kwargs["strategy"]
     if strategy in DDP_START:
         # One training iteration does two backward passes over disjoint parameter sets (teacher, then student),
@@ -38,6 +41,14 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"trainer.strategy={strategy} cannot work: URD's two backward passes need "
                           "find_unused_parameters=True; use trainer.strategy=ddp")
     return kwargs
+
+
+def execution_record(cfg: DictConfig, kwargs: dict[str, Any], module: Any) -> dict[str, Any]:
+    """How the run computed (``execution`` in metrics.json): the speed settings in force, none a method choice."""
+    return {"device": "cuda" if _on_cuda(cfg) else "cpu", "precision": str(kwargs["precision"]),
+            "deterministic": kwargs["deterministic"], "cudnn_benchmark": bool(kwargs["benchmark"]),
+            "channels_last": bool(module.hparams.channels_last), "compile": bool(cfg.compile),
+            "batched_eval_forwards": bool(cfg.batched_eval_forwards)}
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -53,7 +64,7 @@ def build_module(cfg: DictConfig) -> URDModule:
         lr_student=cfg.optim.lr_student, betas=tuple(cfg.optim.betas), loss_variant=cfg.loss_variant,
         synthesis=cfg.data.synthesis, image_size=cfg.data.image_size, dataset=cfg.dataset,
         category=cfg.data.category, num_samples=cfg.eval.num_samples, channels_last=channels_last,
-        seed=cfg.seed, resize=cfg.data.resize,
+        seed=cfg.seed, resize=cfg.data.resize, batched_eval_forwards=cfg.batched_eval_forwards, compile=cfg.compile,
     )
 
 

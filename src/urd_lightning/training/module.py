@@ -50,13 +50,18 @@ class URDModule(LightningModule):
         num_samples: how many fixed test samples are kept for picture panels.
         channels_last: run the convolutions in channels-last memory format (faster on recent GPUs).
         seed: base seed; rank r reseeds torch with ``seed + r`` at fit start (one seed per rank).
+        batched_eval_forwards: the expert's forwards of x and x~, and the teacher's eval-mode re-forwards, each run
+            as one forward of the 2B batch (same result in eval mode); ``False`` = the authors' separate forwards.
+        compile: run expert, teacher and student through ``torch.compile`` from fit start (same losses and
+            gradients within float tolerance; the first iterations pay the compilation).
     """
 
     def __init__(self, model: dict[str, Any], lr_teacher: float = 1e-4, lr_student: float = 5e-3,
                  betas: tuple[float, float] = (0.5, 0.999), loss_variant: str = "head", synthesis: bool = True,
                  image_size: int = 256,
                  dataset: str = "", category: str = "", num_samples: int = 8, channels_last: bool = False,
-                 seed: int = 111, resize: str = "pil") -> None:
+                 seed: int = 111, resize: str = "pil", batched_eval_forwards: bool = True,
+                 compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False  # two optimizers stepped in the authors' order, see training_step
@@ -75,6 +80,7 @@ class URDModule(LightningModule):
         self.sample_indices: set[int] = set()
         self._eval_scores: list[Tensor] = []
         self.curves: dict[str, tuple[Tensor, Tensor]] = {}
+        self._compiled = False
 
     @property
     def iteration(self) -> int:
@@ -85,10 +91,14 @@ class URDModule(LightningModule):
     @override
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = tuple(self.hparams.betas)
-        student = torch.optim.Adam(self.model.student_parameters(), lr=self.hparams.lr_student, betas=betas)
+        # On CUDA one fused kernel per optimizer step instead of a kernel chain per parameter group (same update).
+        fused = self.device.type == "cuda"
+        student = torch.optim.Adam(self.model.student_parameters(), lr=self.hparams.lr_student, betas=betas,
+                                   fused=fused)
         if not self.train_teacher:
             return [student]
-        teacher = torch.optim.Adam(self.model.teacher_parameters(), lr=self.hparams.lr_teacher, betas=betas)
+        teacher = torch.optim.Adam(self.model.teacher_parameters(), lr=self.hparams.lr_teacher, betas=betas,
+                                   fused=fused)
         return [teacher, student]
 
     @override
@@ -98,6 +108,9 @@ class URDModule(LightningModule):
         torch.manual_seed(int(self.hparams.seed) + self.global_rank)
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not self._compiled:
+            self.model.compile_parts()
+            self._compiled = True
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -115,7 +128,11 @@ class URDModule(LightningModule):
     def _input(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
-    def _check_finite(self, terms: dict[str, Tensor], part: str) -> None:
+    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], part: str) -> None:
+        # One host-device synchronisation per loss (a non-finite term makes the sum non-finite); the terms are only
+        # inspected, to name the culprit, once the sum is bad.
+        if torch.isfinite(loss.detach()):
+            return
         for name, value in terms.items():
             if not torch.isfinite(value.detach()).all():
                 raise NonFiniteLossError(
@@ -134,10 +151,10 @@ class URDModule(LightningModule):
         x_aug = self._input(batch["aug_image"]) if self.hparams.synthesis else None
         mask = batch.get("aug_mask")
         model, teacher_module = self.model, self.model.teacher
+        batched = bool(self.hparams.batched_eval_forwards)
         expert = expert_aug = None
         if model.expert is not None:  # step 2: expert features, computed once and reused by the student step
-            expert = model.expert_features(x)
-            expert_aug = model.expert_features(x_aug) if x_aug is not None else None
+            expert, expert_aug = model.eval_features_pair(model.expert_features, x, x_aug, batched)
         logged: dict[str, Tensor] = {}
         if self.train_teacher:  # step 3: teacher update, BatchNorm in train mode (batch statistics)
             opt_teacher = optimizers[0]
@@ -145,8 +162,8 @@ class URDModule(LightningModule):
             t = model.teacher_features(x)
             t_aug = model.teacher_features(x_aug) if x_aug is not None else None
             terms = urd_losses.teacher_loss(t, t_aug, expert, expert_aug, mask, variant=self.hparams.loss_variant)
-            self._check_finite(terms, "teacher")
             loss_t = sum(terms.values())
+            self._check_finite(loss_t, terms, "teacher")
             opt_teacher.zero_grad()
             self.manual_backward(loss_t)
             opt_teacher.step()
@@ -155,15 +172,14 @@ class URDModule(LightningModule):
         # step 4: recompute the teacher features with the updated weights and running BN statistics
         teacher_module.eval()
         with torch.no_grad():
-            t = [f.detach() for f in model.teacher_features(x)]
-            t_aug = [f.detach() for f in model.teacher_features(x_aug)] if x_aug is not None else None
+            t, t_aug = model.eval_features_pair(model.teacher_features, x, x_aug, batched)
         # step 5: student update on the detached teacher features (student BatchNorm in train mode)
         s = model.student_features(t)
         s_aug = model.student_features(t_aug) if t_aug is not None else None
         terms = urd_losses.student_loss(s, s_aug, t, expert, self.hparams.loss_variant, mask=mask, t_aug=t_aug,
                                         e_aug=expert_aug)
-        self._check_finite(terms, "student")
         loss_s = sum(terms.values())
+        self._check_finite(loss_s, terms, "student")
         opt_student.zero_grad()
         self.manual_backward(loss_s)
         opt_student.step()

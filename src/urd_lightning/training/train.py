@@ -27,7 +27,13 @@ from omegaconf import DictConfig
 
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.errors import CheckpointError
-from urd_lightning.training.builders import build_datamodule, build_module, run_dir_of, trainer_kwargs
+from urd_lightning.training.builders import (
+    build_datamodule,
+    build_module,
+    execution_record,
+    run_dir_of,
+    trainer_kwargs,
+)
 from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
 from urd_lightning.training.loggers import build_logger, setup_console_logging
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
@@ -60,7 +66,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
     run_dir = run_dir_of(cfg)
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # as the authors set them
+    torch.backends.cudnn.deterministic = bool(cfg.trainer.deterministic)  # the authors' True with deterministic=true
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     if rank_zero_only.rank == 0:
@@ -74,7 +80,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
-    meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection}
+    meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
+            "execution": execution_record(cfg, kwargs, module)}
     results = ResultsWriter(run_dir, meta, logger)
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
