@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -71,32 +70,26 @@ def interpolation_for(src_hw: tuple[int, int], size: int) -> int:
 
 
 class Resizer:
-    """Resize an image (and optionally a mask) to ``size × size`` with albumentations.
+    """Resize an image (and optionally a mask) to ``size × size`` with ``cv2.resize``.
 
-    One ``A.Compose`` per interpolation, built once. Masks go through the same interpolation as floats and are
-    binarised at 0.5 afterwards, as the authors do (bilinear resize, then ``> 0.5``).
+    Masks go through the same interpolation as floats and are binarised at 0.5 afterwards, as the authors do
+    (bilinear resize, then ``> 0.5``). (albumentations' ``A.Resize`` gave identical pixels; it was dropped as a
+    dependency, docs/design.md "Dependencies".)
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._pipelines: dict[int, A.Compose] = {}
-
-    def _pipeline(self, interpolation: int) -> A.Compose:
-        if interpolation not in self._pipelines:
-            self._pipelines[interpolation] = A.Compose(
-                [A.Resize(self.size, self.size, interpolation=interpolation, mask_interpolation=interpolation)]
-            )
-        return self._pipelines[interpolation]
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Returns the resized uint8 image and the resized binary float32 mask (or None)."""
-        pipeline = self._pipeline(interpolation_for(image.shape[:2], self.size))
+        interpolation = interpolation_for(image.shape[:2], self.size)
+        resized = cv2.resize(image, (self.size, self.size), interpolation=interpolation)
         if mask is None:
-            return pipeline(image=image)["image"], None
+            return resized, None
         if mask.shape[:2] != image.shape[:2]:
             mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-        out = pipeline(image=image, mask=mask.astype(np.float32))
-        return out["image"], (out["mask"] > 0.5).astype(np.float32)
+        mask = cv2.resize(mask.astype(np.float32), (self.size, self.size), interpolation=interpolation)
+        return resized, (mask > 0.5).astype(np.float32)
 
 
 def normalize(image01: np.ndarray) -> torch.Tensor:
