@@ -1,8 +1,9 @@
 """A built wheel works without the source tree: configs inside, the `urd` command, a short demo training run.
 
-The wheel goes into a fresh venv that sees this interpreter's packages (``--system-site-packages``) and is installed
-with ``--no-deps``; every command runs from a temporary directory with no PYTHONPATH, so nothing of the checkout
-can be found.
+The wheel goes into a fresh venv with ``--no-deps``; a ``.pth`` line lets the venv see the packages of the interpreter
+running the tests (``--system-site-packages`` would show the base interpreter's instead when the tests run in a venv,
+as ``make test`` does). The venv's own copy comes first on ``sys.path``, and every command runs from a temporary
+directory with no PYTHONPATH, so the checkout's sources are never used (the test checks which copy is imported).
 """
 
 import json
@@ -10,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -44,8 +46,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     (wheel,) = (base / "dist").glob("urd_lightning-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"urd_lightning/configs/{name}" for name in SHIPPED} <= names
-    run([sys.executable, "-m", "venv", "--system-site-packages", base / "venv"], cwd=base)
+    run([sys.executable, "-m", "venv", base / "venv"], cwd=base)
     bin_dir = base / "venv" / "bin"
+    venv_site = run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=base)
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(venv_site.stdout.strip()) / "_outer_packages.pth").write_text("\n".join(ours) + "\n")
     run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel], cwd=base)
     work = base / "work"
     work.mkdir()
