@@ -3,23 +3,39 @@
 #   make train DATASET=mvtec CATEGORY=bottle ARGS="trainer.devices=2"
 #   make test                           # the default (fast, CPU) test suite
 SHELL := /bin/bash
-PYTHON ?= python3
+# The interpreter every target runs: PYTHON=... when given; else the active venv's or conda env's python3; else a
+# project-local .venv/ created on first use (a stock Debian/Ubuntu python3 refuses `pip install` outside a venv, PEP 668).
+VENV := .venv
+BASE_PYTHON ?= python3
+ifeq ($(origin PYTHON),undefined)
+  ifneq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+    PYTHON := python3
+  else
+    PYTHON := $(VENV)/bin/python
+  endif
+endif
 PIP ?= $(PYTHON) -m pip
 DATASET ?=
 CATEGORY ?=
 ARGS ?=
 # The torch pair known to work together (torchvision is needed by timm). On a CUDA machine pip picks the CUDA build.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-STAMP := .cache/install.stamp
+# The install stamp of the local venv lives inside it (a new venv is a new install); other envs share one in .cache.
+STAMP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/install.stamp,.cache/install.stamp)
 
-export NO_ALBUMENTATIONS_UPDATE ?= 1
-
-.PHONY: help install test test-slow test-ddp test-all test-ci-extra train evaluate benchmark report sweep lint demo-data bench-gpu clean
+.PHONY: help install python test test-slow test-ddp test-all test-ci-extra train evaluate benchmark report sweep lint demo-data \
+	bench-gpu clean distclean
 
 help:  ## list the commands
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/bin/python:
+	@$(BASE_PYTHON) -c "import ensurepip, venv" 2>/dev/null || { echo "error: $(BASE_PYTHON) cannot create a virtual \
+	environment: install the python3-venv package (sudo apt install python3-venv), or activate a venv/conda env, \
+	or pass PYTHON=/path/to/python" >&2; exit 1; }
+	$(BASE_PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(filter $(VENV)/bin/python,$(PYTHON))
 	@mkdir -p $(dir $@)
 	$(PIP) install $(TORCH_PINS)
 	$(PIP) install -r requirements.txt -r requirements-dev.txt
@@ -27,6 +43,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@touch $@
 
 install: $(STAMP)  ## install everything (skipped when requirements are unchanged since the last install)
+
+python: | $(filter $(VENV)/bin/python,$(PYTHON))  ## print the interpreter every target uses
+	@echo $(PYTHON)
 
 test: install  ## the default test suite (CPU, no data or weights needed)
 	$(PYTHON) -m pytest -q
@@ -55,12 +74,15 @@ benchmark: install  ## every category of DATASET in turn, then the results table
 demo-data: install  ## (re)generate the embedded demo dataset under datasets/demo
 	$(PYTHON) -m urd_lightning data demo --root datasets/demo
 
-bench-gpu:  ## GPU throughput (authors' settings vs defaults, loader, eval, compile), <= 8 min: results/_bench/gpu-*.json/.md
+bench-gpu: install  ## GPU throughput (authors' settings vs defaults, loader, eval, compile), <= 8 min: results/_bench/gpu-*.json/.md
 	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) experiments/bench_gpu.py --out results/_bench $(ARGS)
 
-lint:  ## ruff
+lint: install  ## ruff
 	$(PYTHON) -m ruff check src tests experiments
 
-clean:  ## remove caches (not datasets/ or results/)
+clean:  ## remove caches (not datasets/, results/ or the .venv/)
 	rm -rf .cache .pytest_cache .ruff_cache build dist src/*.egg-info
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean  ## also remove the project-local .venv/
+	rm -rf $(VENV)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402

@@ -2,10 +2,9 @@
 
 import os
 
-# Set before anything imports timm, wandb or albumentations.
+# Set before anything imports timm or wandb.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm otherwise retries the hub for ~48 s when offline
 os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 # --- dataset fixtures (data side, issue 3): tiny trees in every benchmark's real layout, written once per session ---

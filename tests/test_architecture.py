@@ -22,6 +22,7 @@ FORBIDDEN = {
     "training": ("deploy", "benchmark"),
     "deploy": ("training", "benchmark"),
     "config": ("models", "data", "metrics", "training", "deploy", "benchmark"),
+    "config_files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "errors": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
 }
 # Imports inside functions are allowed only for start-up time, each named here with its reason.

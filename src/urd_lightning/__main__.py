@@ -8,7 +8,6 @@ never a stack trace.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 # command -> (module, function, one-line help)
@@ -34,7 +33,6 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a command; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise checks PyPI on import
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0

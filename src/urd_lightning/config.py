@@ -3,7 +3,9 @@
 Layers, later wins: ``configs/default.yaml`` ← ``configs/data/<dataset>.yaml`` (its ``data:`` block, optional
 ``model:``/``trainer:`` blocks, and the ``categories:`` table of the authors' per-category budgets, urd-method.md §5)
 ← optional ``configs/experiment/<name>.yaml`` ← ``key=value`` dotlist (the form W&B's ``${args_no_hyphens}`` gives).
-Loading is pure — the same argv gives the same config on every DDP rank, so no timestamps or prompts here.
+The files are the package's (``config_files.py``), with a user's ``config_dir=PATH`` (or ``URD_CONFIG_DIR``) folder
+of ``data/`` and ``experiment/`` files layered on top. Loading is pure — the same argv gives the same config on every
+DDP rank, so no timestamps or prompts here.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from urd_lightning.config_files import CONFIG_DIR, config_names, config_roots, find_config, load_yaml
 from urd_lightning.errors import ConfigError
 
-CONFIG_DIR = Path(os.environ.get("URD_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+__all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "run_name", "to_yaml"]
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Config:
 
     dataset: str = "mvtec"
     experiment: str | None = None
+    config_dir: str | None = None
     run: str | None = None
     output_dir: str = "results"
     seed: int = 111
@@ -133,7 +138,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-RAW_STRING_KEYS = ("dataset", "experiment", "run", "data.category")
+RAW_STRING_KEYS = ("dataset", "experiment", "run", "data.category", "config_dir")
 CHOICES = {
     "logger": ("wandb", "csv", "none"),
     "loss_variant": ("head", "first_commit"),
@@ -165,10 +170,11 @@ def _check_keys(values: dict[str, Any], schema: DictConfig, source: str, prefix:
             _check_keys(value, schema, source, full + ".")
 
 
-def _read_yaml(path: Path, what: str, options: list[str]) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"no {what} config {path}; choose one of: {', '.join(sorted(options)) or '(none found)'}")
-    loaded = OmegaConf.to_container(OmegaConf.load(path)) or {}
+def _read_yaml(path: Traversable | None, what: str, options: list[str], name: str = "") -> dict[str, Any]:
+    if path is None:
+        raise ConfigError(f"no {what} config '{name}'; choose one of: {', '.join(options) or '(none found)'}, "
+                          f"or add your own {name}.yaml under config_dir=PATH")
+    loaded = load_yaml(path) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a mapping of keys, not {type(loaded).__name__}")
     return loaded
@@ -220,7 +226,7 @@ def run_name(cfg: DictConfig) -> str:
         return os.environ["URD_RUN"]
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
-    for volatile in ("run", "resume", "ckpt", "output_dir"):
+    for volatile in ("run", "resume", "ckpt", "output_dir", "config_dir"):
         plain.pop(volatile, None)
     digest = hashlib.sha1(repr(sorted(_flatten(plain).items())).encode()).hexdigest()[:8]
     return f"{cfg.model.injection}-s{cfg.seed}-{digest}"
@@ -241,7 +247,8 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
 
     Args:
         argv: dotlist overrides such as ``["dataset=visa", "data.category=pcb1", "trainer.max_steps=10"]``.
-        config_dir: folder holding ``default.yaml``, ``data/`` and ``experiment/`` (default: the repo's ``configs``).
+        config_dir: a folder of ``data/`` and ``experiment/`` files (and optionally ``default.yaml``) layered on
+            top of the shipped configs; default: the ``config_dir=`` override, else ``URD_CONFIG_DIR``.
 
     Returns:
         A struct-mode DictConfig of :class:`Config`, with ``run`` filled in.
@@ -249,23 +256,28 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     Raises:
         ConfigError: unknown key (with the closest valid ones), bad value, unknown dataset/experiment/category.
     """
-    root = Path(config_dir) if config_dir is not None else CONFIG_DIR
     overrides = _dotlist(list(argv or []))
+    user_dir = config_dir if config_dir is not None else overrides.get("config_dir")
+    roots = config_roots(user_dir)
     cfg: DictConfig = OmegaConf.structured(Config)
-    default = root / "default.yaml"
-    if default.is_file():
-        cfg = _merge(cfg, _read_yaml(default, "default", []), str(default))
+    for root in reversed(roots):  # the shipped default.yaml, then the user's on top
+        default = find_config("", "default", [root])
+        if default is not None:
+            cfg = _merge(cfg, _read_yaml(default, "default", []), str(default))
+    if user_dir is not None:
+        cfg.config_dir = str(Path(user_dir).expanduser().resolve())
     dataset = str(overrides.get("dataset", cfg.dataset))
-    datasets = [p.stem for p in (root / "data").glob("*.yaml")]
-    data_file = _read_yaml(root / "data" / f"{dataset}.yaml", "dataset", datasets)
+    data_path = find_config("data", dataset, roots)
+    data_file = _read_yaml(data_path, "dataset", config_names("data", roots), dataset)
     categories = data_file.pop("categories", None) or {}
-    cfg = _merge(cfg, {**data_file, "dataset": dataset}, str(root / "data" / f"{dataset}.yaml"))
+    cfg = _merge(cfg, {**data_file, "dataset": dataset}, str(data_path))
     experiment = overrides.get("experiment", cfg.experiment)
     user: dict[str, Any] = {}
     if experiment:
-        exp_path = root / "experiment" / f"{experiment}.yaml"
-        user = _read_yaml(exp_path, "experiment", [p.stem for p in (root / "experiment").glob("*.yaml")])
+        exp_path = find_config("experiment", str(experiment), roots)
+        user = _read_yaml(exp_path, "experiment", config_names("experiment", roots), str(experiment))
         cfg = _merge(cfg, {**user, "experiment": experiment}, str(exp_path))
+    overrides.pop("config_dir", None)  # already applied (as an absolute path, so every rank reads the same folder)
     cfg = _merge(cfg, overrides, "the command line")
     user = OmegaConf.to_container(OmegaConf.merge(user, overrides))  # type: ignore[assignment]
     if categories:

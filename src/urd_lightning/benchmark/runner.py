@@ -99,7 +99,8 @@ def plan(dataset: str, overrides: list[str], categories: list[str] | None = None
         raise ConfigError("benchmark sets dataset= and data.category itself; choose categories with --categories")
     run = benchmark_run_name(overrides)
     argv_common = [f"dataset={dataset}", *[o for o in overrides if not o.startswith("run=")], f"run={run}"]
-    known = dataset_categories(dataset) if categories is None else order_categories(dataset, categories)
+    config_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("config_dir")  # the user's dataset files
+    known = dataset_categories(dataset, config_dir) if categories is None else order_categories(dataset, categories)
     return [Job(c, [*argv_common, f"data.category={c}"], urd_config.load_config([*argv_common, f"data.category={c}"]))
             for c in known]  # fmt: skip
 

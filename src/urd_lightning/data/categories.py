@@ -8,9 +8,9 @@ alphabetical order. The list of a benchmark comes from its dataset file (``confi
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from pathlib import Path
 
-from urd_lightning import config as urd_config
+from urd_lightning.config_files import read_dataset_file
 from urd_lightning.errors import ConfigError
 
 # Community order of each benchmark's categories (anomalib's README order for MVTec: textures, then objects).
@@ -44,11 +44,16 @@ def order_categories(dataset: str, categories: list[str] | tuple[str, ...]) -> l
     return ordered + sorted(c for c in unique if c not in known)
 
 
-def dataset_categories(dataset: str) -> list[str]:
-    """The categories of a benchmark: its dataset file's ``categories:`` table, else the community list."""
-    path = urd_config.CONFIG_DIR / "data" / f"{dataset}.yaml"
-    table = OmegaConf.load(path).get("categories") if path.is_file() else None
+def dataset_categories(dataset: str, config_dir: str | Path | None = None) -> list[str]:
+    """The categories of a benchmark: its dataset file's ``categories:`` table, else the community list.
+
+    Args:
+        dataset: the dataset file's name (``data/<dataset>.yaml``).
+        config_dir: the user's config folder layered over the shipped configs (``config_dir=``; default
+            ``URD_CONFIG_DIR``).
+    """
+    table = (read_dataset_file(dataset, config_dir) or {}).get("categories")
     names = [str(c) for c in table] if table else list(CATEGORY_ORDER.get(dataset, ()))
     if not names:
-        raise ConfigError(f"{path} has no categories: table; pass the categories with --categories a,b,c")
+        raise ConfigError(f"data/{dataset}.yaml has no categories: table; pass the categories with --categories a,b,c")
     return order_categories(dataset, names)

@@ -16,10 +16,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from urd_lightning.config import CONFIG_DIR
+from urd_lightning.config_files import read_dataset_file
 from urd_lightning.data.benchmarks import BENCHMARKS, index
 from urd_lightning.data.check import check_dataset, log_warnings, raise_on_problems
 from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
@@ -34,11 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def benchmark_config(benchmark: str) -> dict[str, Any]:
-    """``configs/data/<benchmark>.yaml`` as a plain dict (the ``data:`` and ``categories:`` blocks)."""
-    path = CONFIG_DIR / "data" / f"{benchmark}.yaml"  # the same folder the config loader reads (URD_CONFIG_DIR)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: pass data.root, data.category and data.foreground explicitly")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+    """``data/<benchmark>.yaml`` (the user's ``URD_CONFIG_DIR`` first, then the shipped configs) as a plain dict."""
+    loaded = read_dataset_file(benchmark)
+    if loaded is None:
+        raise ConfigError(f"no data/{benchmark}.yaml config: pass data.root, data.category and data.foreground")
+    return loaded
 
 
 def resolve_foreground(benchmark: str, category: str, foreground: str) -> str:

@@ -160,7 +160,9 @@ def safe_extract(archive: str | Path, dest: str | Path) -> None:
             reason = _unsafe_tar_member(dest, member)
             if reason:
                 raise DataError(f"unsafe member {member.name!r} in {archive} ({reason}): not extracted")
-        tar.extractall(dest, members=members, filter="data")  # second line of defence (Python >= 3.11.4)
+        # The "data" filter is a second line of defence where tarfile has it (3.11.4+; Debian 12's 3.11.2 does not).
+        safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(dest, members=members, **safety)
 
 
 def download_benchmark(benchmark: str, root: str | Path, progress: bool = True) -> Path:

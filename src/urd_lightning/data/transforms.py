@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -101,21 +100,14 @@ def resize_image(image: np.ndarray, size: int, method: str = "pil") -> np.ndarra
 class Resizer:
     """Resize an image (and optionally a mask) to ``size × size`` with the authors' ``pil`` or the ``cv2`` method.
 
-    The ``cv2`` method keeps one albumentations ``A.Compose`` per interpolation, built once, exactly as before the
-    ``pil`` method existed, so that older checkpoints see the inputs they were trained on.
+    The ``cv2`` method (INTER_AREA when shrinking, INTER_LINEAR otherwise) gives the pixels the project produced
+    before the ``pil`` method existed (then through albumentations' ``A.Resize``, which gave identical pixels; it was
+    dropped as a dependency, docs/design.md "Dependencies"), so older checkpoints see the inputs they were trained on.
     """
 
     def __init__(self, size: int, method: str = "pil") -> None:
         self.size = size
         self.method = check_resize(method)
-        self._pipelines: dict[int, A.Compose] = {}
-
-    def _pipeline(self, interpolation: int) -> A.Compose:
-        if interpolation not in self._pipelines:
-            self._pipelines[interpolation] = A.Compose(
-                [A.Resize(self.size, self.size, interpolation=interpolation, mask_interpolation=interpolation)]
-            )
-        return self._pipelines[interpolation]
 
     def resize_mask(self, mask: np.ndarray) -> np.ndarray:
         """A ``(H, W)`` mask (non-zero = anomalous) alone → ``(size, size)`` float32 {0, 1}."""
@@ -130,13 +122,14 @@ class Resizer:
         """Returns the resized uint8 image and the resized binary float32 mask (or None); masks are {0, 1}."""
         if self.method == "pil":
             return pil_resize(image, self.size), None if mask is None else self.resize_mask(mask)
-        pipeline = self._pipeline(interpolation_for(image.shape[:2], self.size))
+        interpolation = interpolation_for(image.shape[:2], self.size)
+        resized = cv2.resize(image, (self.size, self.size), interpolation=interpolation)
         if mask is None:
-            return pipeline(image=image)["image"], None
+            return resized, None
         if mask.shape[:2] != image.shape[:2]:
             mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-        out = pipeline(image=image, mask=mask.astype(np.float32))
-        return out["image"], (out["mask"] > 0.5).astype(np.float32)
+        mask = cv2.resize(mask.astype(np.float32), (self.size, self.size), interpolation=interpolation)
+        return resized, (mask > 0.5).astype(np.float32)
 
 
 def normalize(image01: np.ndarray) -> torch.Tensor:

@@ -125,6 +125,7 @@ def check_parity(graph: nn.Module, run_exported: Any, image_size: int, path: Pat
 
 def _export_onnx(graph: nn.Module, path: Path, image_size: int, opset: int) -> Any:
     try:
+        import onnx  # noqa: F401 - needed below to write the metadata; checked here, before the export work
         import onnxruntime as ort
     except ImportError as exc:
         raise ConfigError("format=onnx needs onnx and onnxruntime: pip install 'urd-lightning[export]'") from exc

@@ -7,6 +7,7 @@ start, training continues with a CSV logger and a warning.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import netrc
 import os
@@ -16,6 +17,8 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from urd_lightning.errors import ConfigError
 
 log = logging.getLogger("urd_lightning")
 
@@ -69,6 +72,13 @@ def wandb_mode(cfg: DictConfig) -> str:
     return "online" if _wandb_logged_in() else "offline"
 
 
+def require_logger_package(cfg: DictConfig) -> None:
+    """Stop before any work when ``logger=wandb`` but wandb (an optional extra) is not installed."""
+    if cfg.logger == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logger=wandb needs the wandb package: pip install 'urd-lightning[wandb]' "
+                          "(or choose logger=csv or logger=none)")
+
+
 def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | bool:
     """The experiment logger named by ``cfg.logger`` (``wandb``, ``csv`` or ``none``).
 
@@ -79,6 +89,7 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | bool:
     Returns:
         A Lightning logger, or ``False`` for no logger.
     """
+    require_logger_package(cfg)
     if cfg.logger == "none":
         return False
     csv = CSVLogger(save_dir=str(run_dir), name="logs", version="")

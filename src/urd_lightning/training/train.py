@@ -35,7 +35,7 @@ from urd_lightning.training.builders import (
     trainer_kwargs,
 )
 from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
-from urd_lightning.training.loggers import build_logger, setup_console_logging
+from urd_lightning.training.loggers import build_logger, require_logger_package, setup_console_logging
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
 
 log = logging.getLogger("urd_lightning")
@@ -60,6 +60,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         evaluation ran.
     """
     setup_console_logging()
+    require_logger_package(cfg)  # a missing optional logger package stops here, not after the data set-up
     # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, urd-method.md §3.3).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.

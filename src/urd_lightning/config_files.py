@@ -1,0 +1,83 @@
+"""Where config files come from: the configs shipped in the package, with a user's folder layered on top.
+
+The shipped configs (``default.yaml``, ``data/*.yaml``, ``experiment/*.yaml``) are package data, read through
+:mod:`importlib.resources`, so an installed wheel works from any directory. In a source checkout
+``src/urd_lightning/configs`` is a symlink to the repository's top-level ``configs/``, the one copy people read and
+edit. A user's folder (``config_dir=PATH`` or ``URD_CONFIG_DIR``) adds files with the same layout: its
+``data/<name>.yaml`` and ``experiment/<name>.yaml`` are found first (a same-named shipped file is shadowed, the
+others stay available), and its ``default.yaml``, if any, is merged over the shipped one.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from urd_lightning.errors import ConfigError
+
+
+def _shipped_configs() -> Traversable:
+    packaged = files("urd_lightning") / "configs"
+    if packaged.is_dir():
+        return packaged
+    # A checkout whose symlinks became plain files (Windows without core.symlinks): the repository's folder.
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+CONFIG_DIR = _shipped_configs()
+
+
+def config_roots(user_dir: str | Path | None = None) -> list[Traversable]:
+    """The folders searched for config files, first match wins: the user's folder (if any), then the shipped one.
+
+    Args:
+        user_dir: the ``config_dir=`` value; ``None`` falls back to the ``URD_CONFIG_DIR`` environment variable.
+
+    Raises:
+        ConfigError: the user's folder does not exist.
+    """
+    user_dir = user_dir or os.environ.get("URD_CONFIG_DIR") or None
+    if user_dir is None:
+        return [CONFIG_DIR]
+    path = Path(user_dir).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"config_dir={user_dir}: no such folder (it holds your data/<name>.yaml and "
+                          "experiment/<name>.yaml files; the shipped configs are always available)")
+    return [path, CONFIG_DIR]
+
+
+def config_names(kind: str, roots: list[Traversable]) -> list[str]:
+    """The names available for ``kind`` (``data`` or ``experiment``) across ``roots``."""
+    names = set()
+    for root in roots:
+        folder = root / kind
+        if folder.is_dir():
+            names.update(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    return sorted(names)
+
+
+def find_config(kind: str, name: str, roots: list[Traversable]) -> Traversable | None:
+    """The first ``<root>/<kind>/<name>.yaml`` that exists (``kind=""``: ``<root>/<name>.yaml``), else None."""
+    for root in roots:
+        candidate = (root / kind / f"{name}.yaml") if kind else (root / f"{name}.yaml")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_yaml(path: Traversable) -> Any:
+    """A YAML file (on disk or inside an installed package) as plain Python data."""
+    with path.open("r", encoding="utf-8") as handle:
+        return OmegaConf.to_container(OmegaConf.load(handle), resolve=True)
+
+
+def read_dataset_file(dataset: str, user_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """``data/<dataset>.yaml`` from the user's folder or the shipped configs as a dict, or None if there is none."""
+    path = find_config("data", dataset, config_roots(user_dir))
+    loaded = load_yaml(path) if path is not None else None
+    return loaded if isinstance(loaded, dict) else None
