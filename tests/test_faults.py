@@ -4,7 +4,17 @@ Every test runs the command line (``urd_lightning.__main__.main``) and asserts t
 message, that no traceback reached the user, and that every file that existed before is unchanged.
 """
 
+import io
+import logging
+import os
+import pickle
+import signal
+import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
 
 from urd_lightning.__main__ import main
 from urd_lightning.data import demo
@@ -15,11 +25,21 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _point_lightning_at_this_stderr() -> None:
+    # Lightning gives its loggers a handler bound to sys.stderr when first imported: in-process, that is an earlier
+    # test's captured (now closed) stream. A user's process has one stderr; here each test has its own.
+    for name in ("", "lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:  # not pytest's own capture handlers
+                handler.stream = sys.stderr  # (setStream would flush the closed one)
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
     """Exit code and the error line of one command; asserts the user saw no traceback and a single error line."""
+    _point_lightning_at_this_stderr()
     code = main(list(argv))
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
+    assert "Traceback" not in captured.err + captured.out, captured.err[-3000:]
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) <= 1, captured.err
     return code, errors[0] if errors else ""
@@ -76,3 +96,138 @@ def test_demo_replaces_its_own_outdated_tree_and_keeps_other_folders(tmp_path, c
     assert run_cli(capsys, "data", "demo", "--root", str(root))[0] == 0
     assert (root / "weave" / "train" / "good" / "000.png").is_file() and (root / "mine" / "keep.txt").is_file()
     assert sorted(p.name for p in root.iterdir()) == [demo.STAMP, "disc", "mine", "weave"]  # no temporary left
+
+
+# --- raw tracebacks: invalid values stop at config load, naming key, value and range; no run folder is left ---------
+
+@pytest.mark.parametrize(("override", "shown"), [
+    ("optim.lr_student=-1", "> 0"), ("data.image_size=100", "multiple of 32"), ("data.image_size=0", "multiple of 32"),
+    ("trainer.max_steps=-5", "URD iterations"), ("data.train_batch_size=0", ">= 1"), ("optim.betas=[2,3]", "[0, 1)"),
+])
+def test_invalid_values_are_one_line_before_anything_is_written(mvtec_root, tmp_path, capsys, override, shown):
+    key, value = override.split("=")
+    code, line = run_cli(capsys, "train", f"data.root={mvtec_root}", f"output_dir={tmp_path / 'out'}", *SMALL, override)
+    assert code == 2 and key in line and shown in line and not (tmp_path / "out").exists()
+    assert value.strip("[]").split(",")[0] in line  # the value as given (-5, not Lightning's -10)
+
+
+# --- raw tracebacks: bad checkpoint files, for every command that reads one ------------------------------------------
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad_checkpoint(kind: str, folder: Path) -> Path:
+    path = folder / f"{kind}.ckpt"
+    if kind == "truncated":
+        buffer = io.BytesIO()
+        torch.save({"state_dict": {"model.w": torch.zeros(1000)}, "urd_lightning": {}}, buffer)
+        path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "pickle":  # a bare pickle whose GLOBAL is os.system
+        path.write_bytes(pickle.dumps(_Evil(folder / "PWNED")))
+    else:  # the same inside a torch.save archive
+        torch.save({"state_dict": {}, "x": _Evil(folder / "PWNED")}, path)
+    return path
+
+
+EXPECTED = {"truncated": "damaged checkpoint", "random": "not a PyTorch checkpoint",
+            "pickle": "holds Python objects", "zip": "holds Python objects"}
+
+
+@pytest.mark.parametrize("command", ["resume", "test", "predict", "export"])
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_bad_checkpoints_are_one_line_for_every_command(mvtec_root, tmp_path, capsys, command, kind):
+    ckpt = _bad_checkpoint(kind, tmp_path)
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    argv = {"resume": ["train", f"data.root={mvtec_root}", f"output_dir={out}", *SMALL, f"resume={ckpt}"],
+            "test": ["test", f"ckpt={ckpt}", f"data.root={mvtec_root}"],
+            "predict": ["predict", f"ckpt={ckpt}", f"input={mvtec_root}", f"output={out}"],
+            "export": ["export", f"ckpt={ckpt}", "format=onnx", f"output={out / 'm.onnx'}"]}[command]
+    code, line = run_cli(capsys, *argv)
+    assert code == 2 and str(ckpt) in line and EXPECTED[kind] in line
+    assert "trust_checkpoint" not in line or command in ("predict", "export")
+    assert "\x1b[" not in line and "weights_only" not in line  # none of torch's advice text
+    assert snapshot(tmp_path) == before and not out.exists()  # nothing ran, nothing written (no PWNED marker)
+
+
+# --- raw tracebacks: a NaN before the first checkpoint, an interrupt mid-write, an unwritable output folder ----------
+
+def test_nan_at_iteration_one_says_no_checkpoint_exists(mvtec_root, tmp_path, capsys, monkeypatch):
+    from urd_lightning.models import losses
+
+    real = losses.student_loss
+
+    def poisoned(*args, **kwargs):
+        return {**real(*args, **kwargs), "s_normal_teacher": torch.tensor(float("nan"))}
+
+    monkeypatch.setattr(losses, "student_loss", poisoned)
+    code, line = run_cli(capsys, "train", f"data.root={mvtec_root}", f"output_dir={tmp_path}", *SMALL)
+    assert code == 2 and "nan at iteration 1" in line and "No checkpoint was written" in line
+    assert "is kept" not in line and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_interrupt_during_a_checkpoint_write_keeps_the_previous_one(mvtec_root, tmp_path, capsys, monkeypatch):
+    from urd_lightning.training import callbacks
+
+    argv = ["train", f"data.root={mvtec_root}", f"output_dir={tmp_path}", *SMALL, "checkpoint_every_n_steps=1",
+            "run=r1"]
+    assert run_cli(capsys, *argv)[0] == 0
+    last = next(tmp_path.rglob("last.ckpt"))
+    before = snapshot(tmp_path)
+    real_save = torch.save
+
+    class Interrupting:  # the file torch.save writes to; Ctrl+C arrives at its fourth write call
+        def __init__(self, handle):
+            self.handle, self.calls = handle, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls > 3:
+                raise KeyboardInterrupt
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    def interrupted(obj, handle, *args, **kwargs):
+        real_save(obj, Interrupting(handle), *args, **kwargs)
+
+    monkeypatch.setattr(callbacks.torch, "save", interrupted)
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT while it shuts down
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main([*argv, "trainer.max_steps=2", "resume=last"])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and "Traceback" not in err and "unexpected pos" not in err
+    assert last.read_bytes() == before[str(last.relative_to(tmp_path))]
+    assert not [p for p in last.parent.iterdir() if p.name != "last.ckpt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "export"])
+def test_unwritable_output_is_one_line(mvtec_root, tmp_path, capsys, command):
+    argv = {"train": ["train", f"data.root={mvtec_root}", "output_dir=/proc/x", *SMALL],
+            "predict": ["predict", f"ckpt={_tiny_checkpoint(tmp_path)}", f"input={mvtec_root}", "output=/proc/x",
+                        "threshold=0.5"],
+            "export": ["export", f"ckpt={_tiny_checkpoint(tmp_path)}", "format=onnx", "output=/proc/x/m.onnx"]}
+    before = snapshot(tmp_path)
+    code, line = run_cli(capsys, *argv[command])
+    assert code == 2 and "/proc/x cannot be written" in line and snapshot(tmp_path) == before
+
+
+def _tiny_checkpoint(folder: Path) -> Path:
+    from urd_lightning.deploy.checkpoint import save_checkpoint
+    from urd_lightning.models import URD
+
+    path = folder / "tiny.ckpt"
+    if not path.is_file():
+        save_checkpoint(URD(backbone="resnet18", pretrained=False), path, 32)
+    return path

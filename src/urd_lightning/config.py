@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from urd_lightning.errors import ConfigError
+from urd_lightning.ranges import check_ranges
 
 CONFIG_DIR = Path(os.environ.get("URD_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
@@ -285,6 +286,7 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     if not cfg.model.expert and cfg.model.train_teacher:
         # Without the expert there is nothing to train the teacher against (design.md, models).
         cfg.model.train_teacher = False
+    check_ranges(cfg)  # numeric keys within their ranges, before anything is built or written (ranges.py)
     cfg.run = run_name(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg

@@ -31,6 +31,7 @@ from urd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model
 from urd_lightning.deploy.predict import NORMALIZATION_FORMULA, parse_key_values
 from urd_lightning.errors import ConfigError, URDError
+from urd_lightning.files import ensure_writable
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def export(
         raise ConfigError(f"export: opset={opset} is below {DEFAULT_OPSET}, the lowest this export supports")
     model, info = load_model(ckpt, trust_checkpoint=trust_checkpoint)
     path = Path(output) if output is not None else info.path.with_name(info.path.stem + SUFFIXES[format])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(path.parent, "output")
     graph = InferenceGraph(model)
     metadata = _metadata(info)
     if format == "onnx":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
+
+from urd_lightning.files import write_via
 
 log = logging.getLogger("urd_lightning")
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -33,18 +34,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+        # An interrupt mid-write comes back as a plain KeyboardInterrupt (Lightning's one-line shutdown), a full
+        # disk as one line with the size needed; the previous file stays either way.
+        write_via(Path(path), write, needed=tensor_bytes(checkpoint), suffix=".tmp")  # .tmp: never mistaken for a ckpt
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor in a (nested) checkpoint: about the size of the file ``torch.save`` writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:

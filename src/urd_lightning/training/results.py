@@ -8,8 +8,6 @@ appears only when periodic evaluation ran, and only beside the final numbers.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from urd_lightning.files import write_atomic
 from urd_lightning.training.callbacks import AtomicCheckpointIO
 from urd_lightning.training.loggers import log_summary
 
@@ -28,11 +27,7 @@ METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def write_metrics(run_dir: Path, payload: dict[str, Any]) -> Path:

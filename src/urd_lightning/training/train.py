@@ -25,8 +25,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.errors import CheckpointError
+from urd_lightning.files import ensure_writable
 from urd_lightning.training.builders import build_datamodule, build_module, run_dir_of, trainer_kwargs
 from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
 from urd_lightning.training.loggers import build_logger, setup_console_logging
@@ -39,6 +41,12 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
     if not path.is_file():
         raise CheckpointError(f"resume={cfg.resume}: {path} does not exist; train without resume= first")
+    # Read it safely (tensors mapped, not loaded) before Lightning does: a damaged, foreign or unsafe file stops
+    # here with one line instead of a traceback from inside fit().
+    checkpoint = load_checkpoint_file(path, mmap=True)
+    if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
+                              "'urd_lightning' extras or loop state); give a last.ckpt that training wrote")
     return str(path)
 
 
@@ -59,6 +67,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
     run_dir = run_dir_of(cfg)
+    ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
+    resume = _resume_path(cfg, run_dir)  # a bad resume= file stops here, before anything is built or written
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # as the authors set them
     datamodule = build_datamodule(cfg)
@@ -88,7 +98,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     trainer.test(module, datamodule=datamodule, verbose=False)
     # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
     payload = json.loads((run_dir / "metrics.json").read_text())
