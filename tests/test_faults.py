@@ -231,3 +231,29 @@ def _tiny_checkpoint(folder: Path) -> Path:
     if not path.is_file():
         save_checkpoint(URD(backbone="resnet18", pretrained=False), path, 32)
     return path
+
+
+# --- silent wrong results: predict's output names are unique for any set of inputs -----------------------------------
+
+def test_predict_output_names_never_collide(tmp_path, capsys):
+    import csv
+
+    import cv2
+
+    inputs = tmp_path / "in"
+    names = ["x.png", "x.PNG", "x_png.png", "y.jpg", "y_jpg.png", "sub/x.png", "sub/deeper/x.png"]
+    for i, name in enumerate(names):
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        ok, data = cv2.imencode(Path(name).suffix.lower(), np.full((40, 40, 3), 20 * i, np.uint8))
+        (inputs / name).write_bytes(data.tobytes())
+    before = snapshot(inputs)
+    out = tmp_path / "out"
+    code, _ = run_cli(capsys, "predict", f"ckpt={_tiny_checkpoint(tmp_path)}", f"input={inputs}", f"output={out}",
+                      "threshold=0.5", "progress=false")
+    assert code == 0 and snapshot(inputs) == before
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(Path(r["image_path"]).relative_to(inputs).as_posix() for r in rows) == sorted(names)
+    overlays = [r["overlay_path"] for r in rows]
+    assert len({p.casefold() for p in overlays}) == len(names)  # one overlay per input, even on a case-blind disk
+    assert len(list((out / "overlays").rglob("*.png"))) == len(names) and (out / "overlays/sub/deeper/x.png").is_file()

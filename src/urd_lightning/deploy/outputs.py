@@ -82,10 +82,13 @@ def write_map(path: Path, anomaly_map: np.ndarray) -> None:
 
 
 def output_names(files: list[Path], root: Path | None) -> list[Path]:
-    """Relative output names (``.png``) that keep the input's sub-folders and never collide.
+    """Relative output names (``.png``) that keep the input's sub-folders and exact name, and never collide.
 
-    ``a.png`` and ``a.jpg`` in one folder would both become ``a.png``; such names get the extension appended
-    (``a_png.png``, ``a_jpg.png``).
+    The input's name is kept whole and ``.png`` appended unless it already ends in ``.png`` (``x.PNG`` →
+    ``x.PNG.png``, ``y.jpg`` → ``y.jpg.png``, ``x.png`` → ``x.png``), so different inputs give different names.
+    Names are compared case-folded (a case-insensitive disk would merge ``A.png`` and ``a.png``); a name still
+    taken gets ``~2``, ``~3``… before ``.png``, handing out numbers in sorted input order, so the same inputs
+    always give the same names. ``results.csv``/``results.json`` record which input each output belongs to.
 
     Args:
         files: input files.
@@ -95,16 +98,17 @@ def output_names(files: list[Path], root: Path | None) -> list[Path]:
         One relative path per file, in order.
     """
     relative = [f.relative_to(root) if root is not None else Path(f.name) for f in files]
-    stems = [r.with_suffix("") for r in relative]
-    counts: dict[Path, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    names = []
-    for rel, stem in zip(relative, stems, strict=True):
-        if counts[stem] > 1:
-            stem = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
-        names.append(stem.with_name(stem.name + ".png"))
-    return names
+    wanted = [r if r.name.endswith(".png") else r.with_name(r.name + ".png") for r in relative]
+    taken: set[str] = set()
+    chosen: dict[int, Path] = {}
+    for i in sorted(range(len(files)), key=lambda k: (str(relative[k]), k)):
+        name, k = wanted[i], 1
+        while str(name).casefold() in taken:
+            k += 1
+            name = wanted[i].with_name(f"{wanted[i].name[: -len('.png')]}~{k}.png")
+        taken.add(str(name).casefold())
+        chosen[i] = name
+    return [chosen[i] for i in range(len(files))]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
