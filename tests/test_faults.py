@@ -4,7 +4,9 @@ Every test runs the command line (``urd_lightning.__main__.main``) and asserts t
 message, that no traceback reached the user, and that every file that existed before is unchanged.
 """
 
+import csv
 import io
+import json
 import logging
 import os
 import pickle
@@ -236,8 +238,6 @@ def _tiny_checkpoint(folder: Path) -> Path:
 # --- silent wrong results: predict's output names are unique for any set of inputs -----------------------------------
 
 def test_predict_output_names_never_collide(tmp_path, capsys):
-    import csv
-
     import cv2
 
     inputs = tmp_path / "in"
@@ -257,3 +257,33 @@ def test_predict_output_names_never_collide(tmp_path, capsys):
     overlays = [r["overlay_path"] for r in rows]
     assert len({p.casefold() for p in overlays}) == len(names)  # one overlay per input, even on a case-blind disk
     assert len(list((out / "overlays").rglob("*.png"))) == len(names) and (out / "overlays/sub/deeper/x.png").is_file()
+
+
+# --- silent wrong results: a resumed run keeps its periodic evaluations and its CSV history --------------------------
+
+@pytest.fixture(scope="module")
+def resumed_run(mvtec_root, tmp_path_factory):
+    """2 iterations, then 2 more with resume=last (periodic evaluation every iteration, CSV log)."""
+    out = tmp_path_factory.mktemp("resumed")
+    argv = ["train", f"data.root={mvtec_root}", f"output_dir={out}", *SMALL, "eval.every_n_steps=1", "logger=csv",
+            "checkpoint_every_n_steps=1", "run=r", "trainer.log_every_n_steps=1"]
+    assert main([*argv, "trainer.max_steps=2"]) == 0
+    first = (next(out.rglob("metrics.csv"))).read_text().splitlines()
+    assert main([*argv, "trainer.max_steps=4", "resume=last"]) == 0
+    return next(out.rglob("r")), first
+
+
+@pytest.mark.slow
+def test_periodic_evaluations_survive_a_resume(resumed_run):
+    run_dir, _ = resumed_run
+    payload = json.loads((run_dir / "metrics.json").read_text())
+    assert [row["step"] for row in payload["periodic"]] == [1, 2, 3, 4]  # as 4 uninterrupted iterations give
+
+
+@pytest.mark.slow
+def test_csv_log_keeps_the_history_before_a_resume(resumed_run):
+    run_dir, first = resumed_run
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").read_text().splitlines()))
+    assert len(first) > 1 and len(rows) > len(first) - 1
+    steps = {row["step"] for row in rows if row.get("periodic_test/image_AUROC")}
+    assert len(steps) == 4  # the periodic rows of both parts
