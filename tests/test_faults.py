@@ -36,15 +36,20 @@ def _point_lightning_at_this_stderr() -> None:
                 handler.stream = sys.stderr  # (setStream would flush the closed one)
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    """Exit code and the error line of one command; asserts the user saw no traceback and a single error line."""
+def run_cli_output(capsys, *argv: str) -> tuple[int, str, str]:
+    """Exit code, error line and stdout of one command; asserts no traceback reached the user, one error line."""
     _point_lightning_at_this_stderr()
     code = main(list(argv))
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out, captured.err[-3000:]
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) <= 1, captured.err
-    return code, errors[0] if errors else ""
+    return code, errors[0] if errors else "", captured.out
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """Exit code and the error line of one command (see :func:`run_cli_output`)."""
+    return run_cli_output(capsys, *argv)[:2]
 
 
 SMALL = ("logger=none", "model.pretrained=false", "model.backbone=resnet18", "data.image_size=32",
@@ -287,3 +292,22 @@ def test_csv_log_keeps_the_history_before_a_resume(resumed_run):
     assert len(first) > 1 and len(rows) > len(first) - 1
     steps = {row["step"] for row in rows if row.get("periodic_test/image_AUROC")}
     assert len(steps) == 4  # the periodic rows of both parts
+
+
+# --- silent wrong results: a test split with only normal images is explained, not just NaN ---------------------------
+
+def test_test_split_with_only_normal_images_is_explained(mvtec_root, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(mvtec_root / "bottle", data / "bottle")
+    for folder in (data / "bottle" / "test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    shutil.rmtree(data / "bottle" / "ground_truth", ignore_errors=True)
+    before = snapshot(data)
+    assert main(["data", "check", "mvtec", "--root", str(data), "--category", "bottle"]) == 0
+    assert "warning: [bottle] no anomalous test images" in capsys.readouterr().out
+    code, _, out = run_cli_output(capsys, "train", f"data.root={data}", f"output_dir={tmp_path / 'out'}", *SMALL)
+    assert code == 0 and snapshot(data) == before
+    assert "nan = undefined: the test split lacks anomalous" in out

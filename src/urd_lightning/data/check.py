@@ -9,6 +9,7 @@ problems (``raise_on_problems``), before any GPU time is spent.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from PIL import Image
 from urd_lightning.data.benchmarks import CATEGORIES, SPLITS, Sample, index, list_images
 from urd_lightning.data.transforms import read_mask
 from urd_lightning.errors import DataError, URDError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class CheckReport:
     counts: dict[str, int] = field(default_factory=dict)  # "category/split/label/defect" -> images
     mask_coverage: dict[str, float] = field(default_factory=dict)  # category -> mean anomalous share, anomalous imgs
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # usable, but some results will be undefined
 
     @property
     def ok(self) -> bool:
@@ -51,7 +55,8 @@ class CheckReport:
         """Machine-readable form (``data check --json``)."""
         return json.dumps({"benchmark": self.benchmark, "root": self.root, "ok": self.ok, "counts": self.counts,
                            "mask_coverage": self.mask_coverage,
-                           "problems": [vars(p) for p in self.problems]}, indent=2)
+                           "problems": [vars(p) for p in self.problems],
+                           "warnings": [vars(w) for w in self.warnings]}, indent=2)
 
     def format(self) -> str:
         """A readable table of counts followed by the problems."""
@@ -61,11 +66,14 @@ class CheckReport:
                   for cat, cov in sorted(self.mask_coverage.items())]
         lines.append(f"{len(self.problems)} problem(s)" + (":" if self.problems else ""))
         lines += [f"  {p}" for p in self.problems]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
 def raise_on_problems(report: CheckReport, limit: int = 20) -> None:
     """Raise a DataError listing the report's problems (the first ``limit``), if any."""
+    for warning in report.warnings:
+        log.warning("data check: %s", warning)
     if report.ok:
         return
     shown = "\n  ".join(str(p) for p in report.problems[:limit])
@@ -136,6 +144,17 @@ def _orphan_masks(category: str, samples: list[Sample], report: CheckReport) -> 
                 report.problems.append(Problem(category, str(mask), f"mismatched mask: {reason}"))
 
 
+def _one_class_test_split(category: str, samples: list[Sample], report: CheckReport) -> None:
+    """Warn when the test split lacks a class: every metric (AUROC, AP, F1, AUPRO) needs both, else it is NaN."""
+    labels = {s.label for s in samples}
+    if samples and 1 not in labels:
+        report.warnings.append(Problem(category, "test split", "no anomalous test images: every metric (AUROC, AP, "
+                                                               "F1, AUPRO) needs anomalies, so all will be NaN"))
+    if samples and 0 not in labels:
+        report.warnings.append(Problem(category, "test split", "no normal test images: the image-level metrics "
+                                                               "need both classes, so they will be NaN"))
+
+
 def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
                   **options: object) -> CheckReport:
     """Check one category (or every category found) of a benchmark; never raises for data problems.
@@ -183,4 +202,5 @@ def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
         overlap = {s.image_path for s in per_split["train"]} & {s.image_path for s in per_split["test"]}
         report.problems += [Problem(cat, p, "image in both train and test") for p in sorted(overlap)]
         _orphan_masks(cat, per_split["test"], report)
+        _one_class_test_split(cat, per_split["test"], report)
     return report

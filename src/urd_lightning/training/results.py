@@ -8,6 +8,7 @@ appears only when periodic evaluation ran, and only beside the final numbers.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
             lines.append(row)
     durations = payload.get("durations", {})
     lines.append(f"train {durations.get('train_s', 0):.1f} s, evaluation {durations.get('eval_s', 0):.1f} s")
+    if any(math.isnan(v) for v in final.values()):  # say why, not only NaN (issue 14)
+        lines.append("nan = undefined: the test split lacks anomalous (or normal) images, and each metric needs both "
+                     "(`python -m urd_lightning data check` names what is missing)")
     if oracle:
         lines.append("* oracle = best periodic evaluation on the TEST set (the authors' selection); not a fair score")
     lines.append(f"results: {run_dir}")
