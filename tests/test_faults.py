@@ -311,3 +311,23 @@ def test_test_split_with_only_normal_images_is_explained(mvtec_root, tmp_path, c
     code, _, out = run_cli_output(capsys, "train", f"data.root={data}", f"output_dir={tmp_path / 'out'}", *SMALL)
     assert code == 0 and snapshot(data) == before
     assert "nan = undefined: the test split lacks anomalous" in out
+
+
+# --- full disk: the results are written first, then one line names the checkpoint and the space it needs -----------
+
+def test_full_disk_at_the_checkpoint_keeps_the_results(mvtec_root, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from urd_lightning.training import callbacks
+
+    def full(obj, handle, *args, **kwargs):  # the disk fills up in the middle of the checkpoint
+        handle.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(callbacks.torch, "save", full)
+    code, line, out = run_cli_output(capsys, "train", f"data.root={mvtec_root}", f"output_dir={tmp_path}", *SMALL)
+    assert code == 2 and "no space left on the disk while writing" in line and "last.ckpt" in line
+    assert "MB needed" in line and "unexpected pos" not in line
+    run_dir = next(tmp_path.rglob("metrics.json")).parent
+    assert json.loads((run_dir / "metrics.json").read_text())["final"] and "results:" in out
+    assert not [p for p in (run_dir / "checkpoints").iterdir()]  # no half-written file left behind

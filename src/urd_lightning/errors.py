@@ -28,3 +28,7 @@ class CheckpointError(URDError):
 
 class OutputError(URDError):
     """An output that cannot be written: a folder without permission, or a full disk."""
+
+
+class DiskFullError(OutputError):
+    """No space left on the disk (``ENOSPC``) while writing an output."""

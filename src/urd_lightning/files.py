@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from urd_lightning.errors import OutputError
+from urd_lightning.errors import DiskFullError, OutputError
 
 
 def _mb(n: float) -> str:
@@ -44,7 +44,7 @@ def disk_error(exc: BaseException, path: Path, needed: int | None = None) -> Out
             free = free_bytes(path)
             need = f"about {_mb(needed)} needed, " if needed else ""
             have = f"{_mb(free)} free" if free is not None else "free space unknown"
-            return OutputError(f"no space left on the disk while writing {path} ({need}{have}); free some space or "
+            return DiskFullError(f"no space left on the disk while writing {path} ({need}{have}); free some space or "
                                "choose another output folder")
         if isinstance(seen, OSError) and seen.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return OutputError(f"cannot write {path}: {seen.strerror}; choose a folder you can write to")

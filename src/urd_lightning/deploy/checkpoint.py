@@ -24,6 +24,7 @@ from torch import nn
 from urd_lightning import __version__
 from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.errors import CheckpointError
+from urd_lightning.files import write_via
 
 EXTRAS_KEY = "urd_lightning"
 MODEL_PREFIX = "model."
@@ -202,5 +203,5 @@ def save_checkpoint(
         "thresholds": dict(thresholds) if thresholds is not None else None,
         "score_stats": dict(score_stats) if score_stats is not None else None,
     }
-    torch.save({"state_dict": state, EXTRAS_KEY: extras}, path)
+    write_via(path, lambda tmp: torch.save({"state_dict": state, EXTRAS_KEY: extras}, tmp), suffix=".tmp")
     return path

@@ -13,12 +13,15 @@ statistics it shows ``clamp(raw / (2 · pixel threshold), 0, 1)``, which also pu
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from urd_lightning.files import write_atomic, write_via
 
 # Weight of the heatmap in the overlay: half and half keeps the defect visible under the colours.
 OVERLAY_ALPHA = 0.5
@@ -67,18 +70,16 @@ def write_png(path: Path, image: np.ndarray) -> None:
     Raises:
         OSError: the file cannot be written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, encoded = cv2.imencode(".png", data)
     if not ok:
         raise OSError(f"cannot encode PNG for {path}")
-    encoded.tofile(str(path))  # tofile rather than cv2.imwrite: works with non-ASCII paths on every OS
+    write_atomic(path, encoded.tobytes())  # bytes rather than cv2.imwrite: works with non-ASCII paths on every OS
 
 
 def write_map(path: Path, anomaly_map: np.ndarray) -> None:
     """Save a raw anomaly map as ``.npy`` float32."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, anomaly_map.astype(np.float32))
+    write_via(path, lambda tmp: np.save(tmp, anomaly_map.astype(np.float32)))
 
 
 def output_names(files: list[Path], root: Path | None) -> list[Path]:
@@ -113,15 +114,14 @@ def output_names(files: list[Path], root: Path | None) -> list[Path]:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write the per-image rows as CSV (columns :data:`CSV_COLUMNS`; missing values left empty)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in CSV_COLUMNS})
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in CSV_COLUMNS})
+    write_atomic(path, handle.getvalue())
 
 
 def write_json(path: Path, summary: dict[str, Any]) -> None:
     """Write the run summary as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

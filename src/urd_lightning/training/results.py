@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from urd_lightning.files import write_atomic
+from urd_lightning.files import write_atomic, write_via
 from urd_lightning.training.callbacks import AtomicCheckpointIO
 from urd_lightning.training.loggers import log_summary
 
@@ -65,7 +65,7 @@ def plot_curves(run_dir: Path, curves: dict[str, Any]) -> list[Path]:
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (final evaluation)")
         ax.legend(loc="lower right")
         fig.tight_layout()
-        fig.savefig(run_dir / "roc_curve.png", dpi=100)
+        write_via(run_dir / "roc_curve.png", lambda tmp: fig.savefig(tmp, dpi=100))
         plt.close(fig)
         written.append(run_dir / "roc_curve.png")
     if pro is not None:
@@ -76,7 +76,7 @@ def plot_curves(run_dir: Path, curves: dict[str, Any]) -> list[Path]:
         ax.set(xlabel="false positive rate", ylabel="per-region overlap", title="PRO (pooled, final evaluation)",
                xlim=(0, max(0.3, float(fpr[-1]) if len(fpr) else 0.3)), ylim=(0, 1.02))
         fig.tight_layout()
-        fig.savefig(run_dir / "pro_curve.png", dpi=100)
+        write_via(run_dir / "pro_curve.png", lambda tmp: fig.savefig(tmp, dpi=100))
         plt.close(fig)
         written.append(run_dir / "pro_curve.png")
     return written
@@ -138,8 +138,8 @@ class ResultsWriter(Callback):
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.durations["eval_s"] = round(time.perf_counter() - self._start, 2)
         if trainer.global_rank == 0:
-            self._add_extras(pl_module)
-            self._write(trainer, pl_module)
+            self._write(trainer, pl_module)  # metrics and summary first (small): a full disk cannot take them
+            self._add_extras(pl_module)  # then the large checkpoint
         trainer.strategy.barrier("urd_results_written")  # other ranks read metrics.json back in train()
 
     def _add_extras(self, pl_module: LightningModule) -> None:

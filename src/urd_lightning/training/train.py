@@ -30,7 +30,14 @@ from urd_lightning.config import load_config, to_yaml
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import ensure_writable
 from urd_lightning.training.builders import build_datamodule, build_module, run_dir_of, trainer_kwargs
-from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
+from urd_lightning.training.callbacks import (
+    AtomicCheckpointIO,
+    EvaluationLine,
+    IterationProgress,
+    PicturePanels,
+    checkpoint_bytes,
+    warn_if_disk_small,
+)
 from urd_lightning.training.loggers import build_logger, setup_console_logging
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
 
@@ -84,6 +91,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
+    checkpoint_io = AtomicCheckpointIO()
+    if rank_zero_only.rank == 0:
+        warn_if_disk_small(Path(cfg.output_dir), checkpoint_bytes(module))
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection}
     results = ResultsWriter(run_dir, meta, logger)
     trainer = Trainer(
@@ -91,7 +101,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
                    *([IterationProgress()] if show_progress else []), *(callbacks or [])],
         enable_progress_bar=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[checkpoint_io],
         use_distributed_sampler=False,  # the data module shards itself (no padded duplicates in evaluation)
         num_sanity_val_steps=0, enable_model_summary=False,
         # Periodic evaluation uses the TEST set (the data module's val loader), for curves and "oracle" numbers.
@@ -100,6 +110,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     trainer.test(module, datamodule=datamodule, verbose=False)
+    if checkpoint_io.disk_full is not None:  # the results are written; now say that the checkpoint is not
+        raise checkpoint_io.disk_full
     # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
     payload = json.loads((run_dir / "metrics.json").read_text())
     result = {k: float(v) for k, v in payload["final"].items()}
