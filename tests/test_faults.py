@@ -331,3 +331,21 @@ def test_full_disk_at_the_checkpoint_keeps_the_results(mvtec_root, tmp_path, cap
     run_dir = next(tmp_path.rglob("metrics.json")).parent
     assert json.loads((run_dir / "metrics.json").read_text())["final"] and "results:" in out
     assert not [p for p in (run_dir / "checkpoints").iterdir()]  # no half-written file left behind
+
+
+def test_full_disk_during_export_leaves_no_truncated_model(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import onnx
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    before = snapshot(tmp_path)
+
+    def full(model, path, *args, **kwargs):
+        Path(path).write_bytes(b"\x08" * 100)  # part of the model, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    code, line = run_cli(capsys, "export", f"ckpt={ckpt}", "format=onnx", f"output={tmp_path / 'm.onnx'}")
+    assert code == 2 and "no space left on the disk while writing" in line and "m.onnx" in line
+    assert snapshot(tmp_path) == before  # neither a truncated m.onnx nor a temporary file

@@ -220,18 +220,24 @@ def export(
     ensure_writable(path.parent, "output")
     graph = InferenceGraph(model)
     metadata = _metadata(info)
-    if format == "onnx":
-        run_exported = _export_onnx(graph, path, info.image_size, opset)
-    else:
-        run_exported = _export_torchscript(graph, path, info.image_size, metadata)
-    metadata["parity"] = check_parity(graph, run_exported, info.image_size, path)
     metadata.update({"format": format, "path": str(path), "parity_tolerance": PARITY_TOLERANCE})
     if format == "onnx":
         import onnx
 
-        onnx_model = onnx.load(str(path))
-        onnx.helper.set_model_props(onnx_model, {"urd_lightning": json.dumps(metadata)})
-        write_via(path, lambda tmp: onnx.save(onnx_model, str(tmp)))
+        # Exported and checked in a hidden file beside the target; only the finished model (with its metadata)
+        # replaces ``path``, so a failure or a full disk never leaves a truncated or unchecked .onnx there.
+        work = path.with_name(f".{path.stem}.unchecked.onnx")
+        try:
+            run_exported = _export_onnx(graph, work, info.image_size, opset)
+            metadata["parity"] = check_parity(graph, run_exported, info.image_size, work)
+            onnx_model = onnx.load(str(work))
+            onnx.helper.set_model_props(onnx_model, {"urd_lightning": json.dumps(metadata)})
+            write_via(path, lambda tmp: onnx.save(onnx_model, str(tmp)))
+        finally:
+            work.unlink(missing_ok=True)
+    else:
+        run_exported = _export_torchscript(graph, path, info.image_size, metadata)
+        metadata["parity"] = check_parity(graph, run_exported, info.image_size, path)
     write_atomic(Path(str(path) + ".json"), json.dumps(metadata, indent=2) + "\n")
     log.info("exported %s (parity %s)", path, metadata["parity"])
     return metadata
