@@ -1,7 +1,8 @@
 """The fault suite (issue 14): bad inputs a careful user tries, each answered by one line and nothing lost.
 
 Every test runs the command line (``urd_lightning.__main__.main``) and asserts the exit code, the one-line
-message, that no traceback reached the user, and that every file that existed before is unchanged.
+message, that no traceback reached the user, and that every file that existed before is unchanged. Tests that train
+are marked ``slow``; the rest run in the default suite.
 """
 
 import csv
@@ -166,6 +167,7 @@ def test_bad_checkpoints_are_one_line_for_every_command(mvtec_root, tmp_path, ca
 
 # --- raw tracebacks: a NaN before the first checkpoint, an interrupt mid-write, an unwritable output folder ----------
 
+@pytest.mark.slow  # trains
 def test_nan_at_iteration_one_says_no_checkpoint_exists(mvtec_root, tmp_path, capsys, monkeypatch):
     from urd_lightning.models import losses
 
@@ -180,6 +182,7 @@ def test_nan_at_iteration_one_says_no_checkpoint_exists(mvtec_root, tmp_path, ca
     assert "is kept" not in line and not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow  # trains
 def test_interrupt_during_a_checkpoint_write_keeps_the_previous_one(mvtec_root, tmp_path, capsys, monkeypatch):
     from urd_lightning.training import callbacks
 
@@ -296,6 +299,7 @@ def test_csv_log_keeps_the_history_before_a_resume(resumed_run):
 
 # --- silent wrong results: a test split with only normal images is explained, not just NaN ---------------------------
 
+@pytest.mark.slow  # trains
 def test_test_split_with_only_normal_images_is_explained(mvtec_root, tmp_path, capsys):
     import shutil
 
@@ -315,6 +319,7 @@ def test_test_split_with_only_normal_images_is_explained(mvtec_root, tmp_path, c
 
 # --- full disk: the results are written first, then one line names the checkpoint and the space it needs -----------
 
+@pytest.mark.slow  # trains
 def test_full_disk_at_the_checkpoint_keeps_the_results(mvtec_root, tmp_path, capsys, monkeypatch):
     import errno
 
