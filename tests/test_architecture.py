@@ -23,6 +23,9 @@ FORBIDDEN = {
     "deploy": ("training", "benchmark"),
     "config": ("models", "data", "metrics", "training", "deploy", "benchmark"),
     "config_files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
+    "files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
+    "ranges": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
+    "checkpoint_io": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "errors": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
 }
 # Imports inside functions are allowed only for start-up time, each named here with its reason.

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from urd_lightning.config_files import CONFIG_DIR, config_names, config_roots, find_config, load_yaml
 from urd_lightning.errors import ConfigError
+from urd_lightning.ranges import check_ranges
 
 __all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "run_name", "to_yaml"]
 
@@ -302,6 +303,7 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     if not cfg.model.expert and cfg.model.train_teacher:
         # Without the expert there is nothing to train the teacher against (design.md, models).
         cfg.model.train_teacher = False
+    check_ranges(cfg)  # numeric keys within their ranges, before anything is built or written (ranges.py)
     cfg.run = run_name(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg

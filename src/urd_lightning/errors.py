@@ -24,3 +24,11 @@ class WeightsError(URDError):
 
 class CheckpointError(URDError):
     """A checkpoint that is not one of this project's (or the authors'), or is truncated."""
+
+
+class OutputError(URDError):
+    """An output that cannot be written: a folder without permission, or a full disk."""
+
+
+class DiskFullError(OutputError):
+    """No space left on the disk (``ENOSPC``) while writing an output."""

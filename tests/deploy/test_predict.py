@@ -196,8 +196,10 @@ def test_all_unreadable_returns_error_code(tiny: dict, tmp_path: Path) -> None:
 def test_output_names_keep_folders_and_never_collide(tmp_path: Path) -> None:
     files = [tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "d" / "b.bmp"]
     names = output_names(files, tmp_path)
-    assert names == [Path("a_png.png"), Path("a_jpg.png"), Path("d/b.png")]
-    assert output_names([tmp_path / "x.tif"], None) == [Path("x.png")]
+    assert names == [Path("a.png"), Path("a.jpg.png"), Path("d/b.bmp.png")]
+    assert output_names([tmp_path / "x.tif"], None) == [Path("x.tif.png")]
+    clash = [tmp_path / n for n in ("x.PNG.png", "x.PNG", "X.png", "x.png")]  # same name, or same but for case
+    assert output_names(clash, tmp_path) == [Path("x.PNG~2.png"), Path("x.PNG.png"), Path("X.png"), Path("x~2.png")]
 
 
 def test_empty_folder_is_a_data_error(tiny: dict, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from urd_lightning.benchmark.paper import PAPER_MEANS  # noqa: E402
 from urd_lightning.benchmark.records import RunRecord  # noqa: E402
+from urd_lightning.files import write_via  # noqa: E402
 
 BAR_METRICS = {
     "image_AUROC": "image AUROC",
@@ -50,7 +51,7 @@ def plot_bars(dataset: str, run: str, records: list[RunRecord], path: Path) -> P
     ax.set_title(title + ("; dashed: paper means" if paper else ""))
     ax.legend(fontsize="small", ncol=2, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return path
 
@@ -77,7 +78,7 @@ def plot_curves_overlay(records: list[RunRecord], kind: str, path: Path) -> Path
     ax.set_title("ROC" if kind == "roc" else f"PRO (FPR <= {FPR_LIMIT})")
     ax.legend(fontsize="x-small", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return path
 
@@ -96,7 +97,7 @@ def plot_curve_sheet(records: list[RunRecord], filename: str, path: Path) -> Pat
         ax.imshow(plt.imread(image_path))
         ax.set_title(category, fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return path
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from urd_lightning.benchmark.plots import write_plots
 from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, find_runs, group_runs
 from urd_lightning.data.categories import dataset_categories, order_categories
 from urd_lightning.errors import URDError
+from urd_lightning.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +122,11 @@ def write_csv(records: list[RunRecord], path: str | Path) -> Path:
     columns = [c for c in columns if not c.startswith("config.") and c != "error"]
     columns += sorted({c for row in rows for c in row if c.startswith("config.")}) + ["error"]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, handle.getvalue())
     return path
 
 
@@ -142,7 +144,7 @@ def write_report(
     order = order_categories(dataset, list(expected or []) + [r.category for r in records])
     records = sorted(records, key=lambda r: order.index(r.category))
     paths = {"csv": write_csv(records, out / "results.csv"), "markdown": out / "results.md"}
-    paths["markdown"].write_text(markdown_table(dataset, run, records, expected))
+    write_atomic(paths["markdown"], markdown_table(dataset, run, records, expected))
     if plots:
         paths.update(write_plots(dataset, run, [r for r in records if r.status == "done"], out))
     return paths

@@ -78,6 +78,8 @@ class CheckReport:
 
 def raise_on_problems(report: CheckReport, limit: int = 20) -> None:
     """Raise a DataError listing the report's problems (the first ``limit``), if any."""
+    for warning in report.warnings:
+        log.warning("data check: %s", warning)
     if report.ok:
         return
     shown = "\n  ".join(str(p) for p in report.problems[:limit])
@@ -161,6 +163,17 @@ def _orphan_masks(category: str, samples: list[Sample], report: CheckReport) -> 
                 report.problems.append(Problem(category, str(mask), f"mismatched mask: {reason}"))
 
 
+def _one_class_test_split(category: str, samples: list[Sample], report: CheckReport) -> None:
+    """Warn when the test split lacks a class: every metric (AUROC, AP, F1, AUPRO) needs both, else it is NaN."""
+    labels = {s.label for s in samples}
+    if samples and 1 not in labels:
+        report.warnings.append(Problem(category, "test split", "no anomalous test images: every metric (AUROC, AP, "
+                                                               "F1, AUPRO) needs anomalies, so all will be NaN"))
+    if samples and 0 not in labels:
+        report.warnings.append(Problem(category, "test split", "no normal test images: the image-level metrics "
+                                                               "need both classes, so they will be NaN"))
+
+
 def check_dataset(benchmark: str, root: str | Path, category: str | None = None, image_size: int | None = 256,
                   resize: str = "pil", **options: object) -> CheckReport:
     """Check one category (or every category found) of a benchmark; never raises for data problems.
@@ -211,4 +224,5 @@ def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
         overlap = {s.image_path for s in per_split["train"]} & {s.image_path for s in per_split["test"]}
         report.problems += [Problem(cat, p, "image in both train and test") for p in sorted(overlap)]
         _orphan_masks(cat, per_split["test"], report)
+        _one_class_test_split(cat, per_split["test"], report)
     return report

@@ -17,12 +17,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from urd_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ SIZE = 128  # small enough for CPU training, large enough for four feature level
 NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT = 80, 24, 6  # 24 anomalous test images per category (4 types x 6)
 NOISE_STD = 0.02  # sensor-like noise, added after the defect so that it does not mark the defect
 STAMP = ".demo_version"
+_NAME = re.compile(r"\d{3}\.png")  # the only file names the generator writes
+_MASK_NAME = re.compile(r"\d{3}_mask\.png")
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
@@ -185,19 +191,69 @@ def generate_category(root: Path, category: str) -> None:
             cv2.imwrite(str(mask_path), mask * 255)
 
 
-def generate_demo(root: str | Path) -> Path:
-    """(Re)write the whole demo dataset under ``root`` and stamp it with the generator's hash."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    building = root / f".building-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
+def _not_ours(folder: Path) -> str | None:
+    """Why ``folder`` is not a demo category this generator wrote, or ``None`` when it is one.
+
+    Only such a folder may ever be replaced: every entry must have a name and place the generator gives
+    (``train/good/NNN.png``, ``test/<kind>/NNN.png``, ``ground_truth/<defect>/NNN_mask.png``).
+    """
+    if folder.is_symlink() or not folder.is_dir():
+        return f"{folder} is not a folder"
+    for path in sorted(folder.rglob("*")):
+        parts = path.relative_to(folder).parts
+        if path.is_symlink():
+            ok = False
+        elif path.is_dir():
+            ok = parts[0] in ("train", "test", "ground_truth") and len(parts) <= 2
+        else:
+            name = _MASK_NAME if parts[0] == "ground_truth" else _NAME
+            ok = (len(parts) == 3 and parts[0] in ("train", "test", "ground_truth") and name.fullmatch(parts[2])
+                  is not None and (parts[0] != "train" or parts[1] == "good"))
+        if not ok:
+            return f"it holds {path}, which the demo generator never writes"
+    return None
+
+
+def _check_target(root: Path) -> None:
+    """Refuse (changing nothing) when a category folder exists that the generator cannot have written."""
     for category in GENERATORS:
-        generate_category(building, category)
-    for category in GENERATORS:  # swap in whole categories so that readers never see half a tree
-        shutil.rmtree(root / category, ignore_errors=True)
-        os.replace(building / category, root / category)
-    shutil.rmtree(building, ignore_errors=True)
-    (root / STAMP).write_text(generator_hash() + "\n")
+        target = root / category
+        if not target.exists() and not target.is_symlink():
+            continue
+        if not (root / STAMP).is_file():
+            why = f"{root} has no {STAMP} stamp, so {target} is not a demo dataset this generator wrote"
+        else:
+            why = _not_ours(target)
+        if why:
+            raise DataError(f"refusing to write the demo dataset into {root}: {why}. Nothing was changed; choose "
+                            "an empty or new folder (data.root=... or --root ...), or move that folder away.")
+
+
+def generate_demo(root: str | Path) -> Path:
+    """(Re)write the whole demo dataset under ``root`` and stamp it with the generator's hash.
+
+    The data is written into a fresh temporary folder beside the target and moved into place; an existing
+    category folder is replaced only when it is one this generator wrote (else :class:`DataError`, nothing touched).
+    """
+    root = Path(root)
+    _check_target(root)
+    root.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".demo-building-", dir=root))
+    try:
+        for category in GENERATORS:
+            generate_category(building, category)
+        _check_target(root)  # again: something may have appeared while we were drawing
+        for category in GENERATORS:  # swap in whole categories so that readers never see half a tree
+            old = building / f"old-{category}"
+            if (root / category).exists():
+                os.replace(root / category, old)  # ours (checked above): moved aside, deleted below
+            os.replace(building / category, root / category)
+        fd, tmp = tempfile.mkstemp(prefix=f".{STAMP}.", dir=root)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generator_hash() + "\n")
+        os.replace(tmp, root / STAMP)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)  # only our own temporary folder (and the old demo folders)
     return root
 
 
@@ -207,5 +263,6 @@ def ensure_demo(root: str | Path) -> Path:
     stamp = root / STAMP
     if stamp.is_file() and stamp.read_text().strip() == generator_hash():
         return root
+    _check_target(root)
     log.info("generating the demo dataset in %s (a few seconds, no download)", root)
     return generate_demo(root)

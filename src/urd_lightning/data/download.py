@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from urd_lightning.errors import DataError
+from urd_lightning.files import write_atomic
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -197,5 +198,5 @@ def download_benchmark(benchmark: str, root: str | Path, progress: bool = True) 
             target.unlink()
         os.replace(item, target)
     shutil.rmtree(staging, ignore_errors=True)
-    marker.write_text(info.sha256 + "\n")
+    write_atomic(marker, info.sha256 + "\n")
     return root

@@ -14,7 +14,6 @@ under the ``model.`` prefix of ``state_dict`` and, under ``checkpoint["urd_light
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,9 @@ import torch
 from torch import nn
 
 from urd_lightning import __version__
+from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.errors import CheckpointError
+from urd_lightning.files import write_via
 
 EXTRAS_KEY = "urd_lightning"
 MODEL_PREFIX = "model."
@@ -57,25 +58,6 @@ class CheckpointInfo:
     thresholds: dict[str, Any] | None
     score_stats: dict[str, float] | None
     resize: str = "cv2"
-
-
-def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
-            raise CheckpointError(
-                f"{path} holds Python objects that safe loading (torch.load(weights_only=True)) refuses. "
-                "If you trust where this file came from, pass trust_checkpoint=true to load it anyway."
-            ) from exc
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - see below
-        # Damaged bytes surface as whatever the unpickler trips on (RuntimeError "failed finding central
-        # directory" for a truncated zip, EOFError, IndexError, UnicodeDecodeError...): all mean "this file is
-        # damaged", which is what the user must hear, naming the file.
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def _validate_extras(path: Path, checkpoint: Any) -> dict[str, Any]:
@@ -115,7 +97,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=PATH to a .ckpt written by training")
-    checkpoint = _torch_load(path, trust_checkpoint)
+    checkpoint = load_checkpoint_file(path, trust_checkpoint, trust_hint="pass trust_checkpoint=true to load it")
     extras = _validate_extras(path, checkpoint)
     state = {
         key[len(MODEL_PREFIX) :]: value
@@ -228,5 +210,5 @@ def save_checkpoint(
         "thresholds": dict(thresholds) if thresholds is not None else None,
         "score_stats": dict(score_stats) if score_stats is not None else None,
     }
-    torch.save({"state_dict": state, EXTRAS_KEY: extras}, path)
+    write_via(path, lambda tmp: torch.save({"state_dict": state, EXTRAS_KEY: extras}, tmp), suffix=".tmp")
     return path

@@ -31,6 +31,7 @@ from urd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model
 from urd_lightning.deploy.predict import NORMALIZATION_FORMULA, parse_key_values
 from urd_lightning.errors import ConfigError, URDError
+from urd_lightning.files import ensure_writable, write_atomic, write_via
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +136,16 @@ def _export_onnx(graph: nn.Module, path: Path, image_size: int, opset: int) -> A
         # The TorchScript-based exporter (dynamo=False) is deprecated in favour of torch.export, which needs the
         # extra onnxscript package; its deprecation and constant-folding notices say nothing actionable to users.
         warnings.simplefilter("ignore")
-        torch.onnx.export(
+        write_via(path, lambda tmp: torch.onnx.export(
             graph,
             (example,),
-            str(path),
+            str(tmp),
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
             dynamic_axes={INPUT_NAME: batch_axis, OUTPUT_NAMES[0]: batch_axis, OUTPUT_NAMES[1]: batch_axis},
-        )
+        ))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda image: session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})
 
@@ -154,7 +155,8 @@ def _export_torchscript(graph: nn.Module, path: Path, image_size: int, metadata:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice; the trace is checked below
         traced = torch.jit.trace(graph, (example,), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={"urd_lightning.json": json.dumps(metadata)})
+        write_via(path, lambda tmp: torch.jit.save(traced, str(tmp),
+                                                   _extra_files={"urd_lightning.json": json.dumps(metadata)}))
         loaded = torch.jit.load(str(path), map_location="cpu")
 
     def run(image: Tensor) -> tuple[Tensor, Tensor]:
@@ -218,22 +220,28 @@ def export(
         raise ConfigError(f"export: opset={opset} is below {DEFAULT_OPSET}, the lowest this export supports")
     model, info = load_model(ckpt, trust_checkpoint=trust_checkpoint)
     path = Path(output) if output is not None else info.path.with_name(info.path.stem + SUFFIXES[format])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(path.parent, "output")
     graph = InferenceGraph(model)
     metadata = _metadata(info)
-    if format == "onnx":
-        run_exported = _export_onnx(graph, path, info.image_size, opset)
-    else:
-        run_exported = _export_torchscript(graph, path, info.image_size, metadata)
-    metadata["parity"] = check_parity(graph, run_exported, info.image_size, path)
     metadata.update({"format": format, "path": str(path), "parity_tolerance": PARITY_TOLERANCE})
     if format == "onnx":
         import onnx
 
-        onnx_model = onnx.load(str(path))
-        onnx.helper.set_model_props(onnx_model, {"urd_lightning": json.dumps(metadata)})
-        onnx.save(onnx_model, str(path))
-    Path(str(path) + ".json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        # Exported and checked in a hidden file beside the target; only the finished model (with its metadata)
+        # replaces ``path``, so a failure or a full disk never leaves a truncated or unchecked .onnx there.
+        work = path.with_name(f".{path.stem}.unchecked.onnx")
+        try:
+            run_exported = _export_onnx(graph, work, info.image_size, opset)
+            metadata["parity"] = check_parity(graph, run_exported, info.image_size, work)
+            onnx_model = onnx.load(str(work))
+            onnx.helper.set_model_props(onnx_model, {"urd_lightning": json.dumps(metadata)})
+            write_via(path, lambda tmp: onnx.save(onnx_model, str(tmp)))
+        finally:
+            work.unlink(missing_ok=True)
+    else:
+        run_exported = _export_torchscript(graph, path, info.image_size, metadata)
+        metadata["parity"] = check_parity(graph, run_exported, info.image_size, path)
+    write_atomic(Path(str(path) + ".json"), json.dumps(metadata, indent=2) + "\n")
     log.info("exported %s (parity %s)", path, metadata["parity"])
     return metadata
 

@@ -13,12 +13,15 @@ statistics it shows ``clamp(raw / (2 · pixel threshold), 0, 1)``, which also pu
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from urd_lightning.files import write_atomic, write_via
 
 # Weight of the heatmap in the overlay: half and half keeps the defect visible under the colours.
 OVERLAY_ALPHA = 0.5
@@ -67,25 +70,26 @@ def write_png(path: Path, image: np.ndarray) -> None:
     Raises:
         OSError: the file cannot be written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, encoded = cv2.imencode(".png", data)
     if not ok:
         raise OSError(f"cannot encode PNG for {path}")
-    encoded.tofile(str(path))  # tofile rather than cv2.imwrite: works with non-ASCII paths on every OS
+    write_atomic(path, encoded.tobytes())  # bytes rather than cv2.imwrite: works with non-ASCII paths on every OS
 
 
 def write_map(path: Path, anomaly_map: np.ndarray) -> None:
     """Save a raw anomaly map as ``.npy`` float32."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, anomaly_map.astype(np.float32))
+    write_via(path, lambda tmp: np.save(tmp, anomaly_map.astype(np.float32)))
 
 
 def output_names(files: list[Path], root: Path | None) -> list[Path]:
-    """Relative output names (``.png``) that keep the input's sub-folders and never collide.
+    """Relative output names (``.png``) that keep the input's sub-folders and exact name, and never collide.
 
-    ``a.png`` and ``a.jpg`` in one folder would both become ``a.png``; such names get the extension appended
-    (``a_png.png``, ``a_jpg.png``).
+    The input's name is kept whole and ``.png`` appended unless it already ends in ``.png`` (``x.PNG`` →
+    ``x.PNG.png``, ``y.jpg`` → ``y.jpg.png``, ``x.png`` → ``x.png``), so different inputs give different names.
+    Names are compared case-folded (a case-insensitive disk would merge ``A.png`` and ``a.png``); a name still
+    taken gets ``~2``, ``~3``… before ``.png``, handing out numbers in sorted input order, so the same inputs
+    always give the same names. ``results.csv``/``results.json`` record which input each output belongs to.
 
     Args:
         files: input files.
@@ -95,29 +99,29 @@ def output_names(files: list[Path], root: Path | None) -> list[Path]:
         One relative path per file, in order.
     """
     relative = [f.relative_to(root) if root is not None else Path(f.name) for f in files]
-    stems = [r.with_suffix("") for r in relative]
-    counts: dict[Path, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    names = []
-    for rel, stem in zip(relative, stems, strict=True):
-        if counts[stem] > 1:
-            stem = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
-        names.append(stem.with_name(stem.name + ".png"))
-    return names
+    wanted = [r if r.name.endswith(".png") else r.with_name(r.name + ".png") for r in relative]
+    taken: set[str] = set()
+    chosen: dict[int, Path] = {}
+    for i in sorted(range(len(files)), key=lambda k: (str(relative[k]), k)):
+        name, k = wanted[i], 1
+        while str(name).casefold() in taken:
+            k += 1
+            name = wanted[i].with_name(f"{wanted[i].name[: -len('.png')]}~{k}.png")
+        taken.add(str(name).casefold())
+        chosen[i] = name
+    return [chosen[i] for i in range(len(files))]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write the per-image rows as CSV (columns :data:`CSV_COLUMNS`; missing values left empty)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in CSV_COLUMNS})
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in CSV_COLUMNS})
+    write_atomic(path, handle.getvalue())
 
 
 def write_json(path: Path, summary: dict[str, Any]) -> None:
     """Write the run summary as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -26,6 +26,7 @@ from urd_lightning.data.transforms import read_rgb
 from urd_lightning.deploy.inference import URDInferencer, resize_map
 from urd_lightning.deploy.outputs import heatmap_overlay, output_names, write_csv, write_json, write_map, write_png
 from urd_lightning.errors import ConfigError, DataError
+from urd_lightning.files import ensure_writable
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ def predict(
     if score == "normalized" and inferencer.info.score_stats is None:
         raise ConfigError(f"predict: {ckpt} stores no score statistics, so score=normalized is unavailable; use raw")
     source, out = Path(input), Path(output)
+    ensure_writable(out, "output")
     files = list_images(source, recursive)
     names = output_names(files, source if source.is_dir() else None)
     rows: list[dict[str, Any]] = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
+
+from urd_lightning.errors import DiskFullError
+from urd_lightning.files import free_bytes, write_via
 
 log = logging.getLogger("urd_lightning")
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -31,20 +33,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A crash or a NaN stop mid-write therefore never leaves a truncated ``last.ckpt``: the previous one stays.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.disk_full: DiskFullError | None = None  # raised by train() once the small results are written
+
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+        # An interrupt mid-write comes back as a plain KeyboardInterrupt (Lightning's one-line shutdown), a full
+        # disk as one line with the size needed; the previous file stays either way.
+        try:
+            write_via(Path(path), write, needed=tensor_bytes(checkpoint), suffix=".tmp")
+        except DiskFullError as exc:
+            # Training goes on to the evaluation: metrics.json and the summary are small and still fit; the run
+            # then ends with this one line (train() raises it), and the previous checkpoint stays.
+            if self.disk_full is None:
+                log.error("%s", exc)
+            self.disk_full = exc
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About the size of a training checkpoint: every weight and buffer, plus Adam's two states per trainable one."""
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return weights + 2 * trainable
+
+
+def warn_if_disk_small(folder: Path, needed: int) -> None:
+    """Warn before training when the disk cannot hold two checkpoints (one being written while one is kept)."""
+    free = free_bytes(folder)
+    if free is not None and free < 2 * needed:
+        log.warning("checkpoints will be about %.0f MB each, and %s has %.0f MB free: less than the two a safe "
+                    "write needs (one written while the last is kept). Free some space or set output_dir=...",
+                    needed / 2**20, folder, free / 2**20)  # .tmp: never mistaken for a ckpt
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor in a (nested) checkpoint: about the size of the file ``torch.save`` writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -80,8 +117,7 @@ def save_panel(sample: dict[str, Any], path: Path, vmax: float | None = None) ->
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 

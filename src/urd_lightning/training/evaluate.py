@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
+from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.config import load_config
 from urd_lightning.errors import CheckpointError, ConfigError
+from urd_lightning.files import ensure_writable
 from urd_lightning.training.builders import build_datamodule, build_module, trainer_kwargs
 from urd_lightning.training.loggers import setup_console_logging
 from urd_lightning.training.results import METRIC_ORDER, write_text_atomic
@@ -27,10 +28,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"ckpt={path} does not exist; give results/<dataset>/<category>/<run>/checkpoints/"
                               "last.ckpt")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # no code runs while loading
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CheckpointError(f"{path} is not a readable urd-lightning checkpoint: {exc}") from exc
+    checkpoint = load_checkpoint_file(path)  # no code runs while loading; one-line errors
     if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} has no 'urd_lightning' extras: it was not written by urd-lightning training")
     return checkpoint
@@ -44,6 +42,7 @@ def evaluate_checkpoint(argv: list[str]) -> int:
         raise ConfigError("the test command needs ckpt=PATH (e.g. results/mvtec/bottle/<run>/checkpoints/last.ckpt)")
     path = Path(ckpt)
     checkpoint = _read_checkpoint(path)
+    ensure_writable(path.parent.parent if path.parent.name == "checkpoints" else path.parent, "ckpt folder")
     extras = checkpoint["urd_lightning"]
     given = {a.split("=", 1)[0] for a in argv}
     implied = [f"dataset={extras['dataset']}"] if "dataset" not in given else []

@@ -7,6 +7,7 @@ start, training continues with a CSV logger and a warning.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import logging
 import netrc
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,7 +95,7 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | bool:
     require_logger_package(cfg)
     if cfg.logger == "none":
         return False
-    csv = CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    csv = HistoryCSVLogger(save_dir=str(run_dir), name="logs", version="")
     if cfg.logger == "csv":
         return csv
     mode = wandb_mode(cfg)
@@ -132,3 +135,34 @@ def log_summary(logger: Logger | bool, values: dict[str, Any]) -> None:
                 logger.experiment.summary.update(values)
         except Exception as exc:  # noqa: BLE001 - a W&B problem never kills a run
             log.warning("W&B summary update failed (%s).", exc)
+
+
+# --- CSV history across resumes (issue 14) ---
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it keeps an existing ``metrics.csv``: a resumed run appends to it.
+
+    (Lightning deletes the file when the folder is reused, so after ``resume=`` only the resumed part was left.)
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir=log_dir)
+        if self._fs.isfile(self.metrics_file_path):  # continue with the earlier columns (new ones rewrite the header)
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+
+    def _check_log_dir_exists(self) -> None:
+        return None
+
+
+class HistoryCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` keeps the whole history of a run, before and after a resume."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer (made on first use, on rank zero), keeping the earlier rows."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment

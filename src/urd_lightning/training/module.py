@@ -11,6 +11,7 @@ Evaluation (urd-method.md §6) smooths the map with σ = 4 and scores an image b
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,9 +138,16 @@ class URDModule(LightningModule):
             if not torch.isfinite(value.detach()).all():
                 raise NonFiniteLossError(
                     f"{part} loss term '{name}' is {value.item()} at iteration {self.iteration + 1}; training stopped. "
-                    "The last good checkpoint (checkpoints/last.ckpt) is kept. Lower optim.lr_student/lr_teacher "
-                    "or use trainer.precision=32-true."
+                    f"{self._checkpoint_kept()} Lower optim.lr_student/lr_teacher or use trainer.precision=32-true."
                 )
+
+    def _checkpoint_kept(self) -> str:
+        """What a stopped run leaves to resume from: the last checkpoint, or the fact that there is none yet."""
+        callback = self._trainer.checkpoint_callback if self._trainer is not None else None
+        last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+        if last is not None and last.is_file():
+            return f"The last good checkpoint ({last}) is kept."
+        return "No checkpoint was written before this iteration, so there is nothing to resume from."
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

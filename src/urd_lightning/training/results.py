@@ -8,8 +8,7 @@ appears only when periodic evaluation ran, and only beside the final numbers.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from urd_lightning.files import write_atomic, write_via
 from urd_lightning.training.callbacks import AtomicCheckpointIO
 from urd_lightning.training.loggers import log_summary
 
@@ -28,11 +28,7 @@ METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def write_metrics(run_dir: Path, payload: dict[str, Any]) -> Path:
@@ -69,7 +65,7 @@ def plot_curves(run_dir: Path, curves: dict[str, Any]) -> list[Path]:
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (final evaluation)")
         ax.legend(loc="lower right")
         fig.tight_layout()
-        fig.savefig(run_dir / "roc_curve.png", dpi=100)
+        write_via(run_dir / "roc_curve.png", lambda tmp: fig.savefig(tmp, dpi=100))
         plt.close(fig)
         written.append(run_dir / "roc_curve.png")
     if pro is not None:
@@ -80,7 +76,7 @@ def plot_curves(run_dir: Path, curves: dict[str, Any]) -> list[Path]:
         ax.set(xlabel="false positive rate", ylabel="per-region overlap", title="PRO (pooled, final evaluation)",
                xlim=(0, max(0.3, float(fpr[-1]) if len(fpr) else 0.3)), ylim=(0, 1.02))
         fig.tight_layout()
-        fig.savefig(run_dir / "pro_curve.png", dpi=100)
+        write_via(run_dir / "pro_curve.png", lambda tmp: fig.savefig(tmp, dpi=100))
         plt.close(fig)
         written.append(run_dir / "pro_curve.png")
     return written
@@ -101,6 +97,9 @@ def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
             lines.append(row)
     durations = payload.get("durations", {})
     lines.append(f"train {durations.get('train_s', 0):.1f} s, evaluation {durations.get('eval_s', 0):.1f} s")
+    if any(math.isnan(v) for v in final.values()):  # say why, not only NaN (issue 14)
+        lines.append("nan = undefined: the test split lacks anomalous (or normal) images, and each metric needs both "
+                     "(`python -m urd_lightning data check` names what is missing)")
     if oracle:
         lines.append("* oracle = best periodic evaluation on the TEST set (the authors' selection); not a fair score")
     lines.append(f"results: {run_dir}")
@@ -139,8 +138,8 @@ class ResultsWriter(Callback):
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.durations["eval_s"] = round(time.perf_counter() - self._start, 2)
         if trainer.global_rank == 0:
-            self._add_extras(pl_module)
-            self._write(trainer, pl_module)
+            self._write(trainer, pl_module)  # metrics and summary first (small): a full disk cannot take them
+            self._add_extras(pl_module)  # then the large checkpoint
         trainer.strategy.barrier("urd_results_written")  # other ranks read metrics.json back in train()
 
     def _add_extras(self, pl_module: LightningModule) -> None:

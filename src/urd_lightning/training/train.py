@@ -25,8 +25,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.errors import CheckpointError
+from urd_lightning.files import ensure_writable
 from urd_lightning.training.builders import (
     build_datamodule,
     build_module,
@@ -34,7 +36,14 @@ from urd_lightning.training.builders import (
     run_dir_of,
     trainer_kwargs,
 )
-from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
+from urd_lightning.training.callbacks import (
+    AtomicCheckpointIO,
+    EvaluationLine,
+    IterationProgress,
+    PicturePanels,
+    checkpoint_bytes,
+    warn_if_disk_small,
+)
 from urd_lightning.training.loggers import build_logger, require_logger_package, setup_console_logging
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
 
@@ -45,6 +54,12 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
     if not path.is_file():
         raise CheckpointError(f"resume={cfg.resume}: {path} does not exist; train without resume= first")
+    # Read it safely (tensors mapped, not loaded) before Lightning does: a damaged, foreign or unsafe file stops
+    # here with one line instead of a traceback from inside fit().
+    checkpoint = load_checkpoint_file(path, mmap=True)
+    if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
+                              "'urd_lightning' extras or loop state); give a last.ckpt that training wrote")
     return str(path)
 
 
@@ -66,6 +81,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
     run_dir = run_dir_of(cfg)
+    ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
+    resume = _resume_path(cfg, run_dir)  # a bad resume= file stops here, before anything is built or written
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic = bool(cfg.trainer.deterministic)  # the authors' True with deterministic=true
     datamodule = build_datamodule(cfg)
@@ -81,6 +98,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
+    checkpoint_io = AtomicCheckpointIO()
+    if rank_zero_only.rank == 0:
+        warn_if_disk_small(Path(cfg.output_dir), checkpoint_bytes(module))
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
             "execution": execution_record(cfg, kwargs, module)}
     results = ResultsWriter(run_dir, meta, logger)
@@ -89,15 +109,17 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
                    *([IterationProgress()] if show_progress else []), *(callbacks or [])],
         enable_progress_bar=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[checkpoint_io],
         use_distributed_sampler=False,  # the data module shards itself (no padded duplicates in evaluation)
         num_sanity_val_steps=0, enable_model_summary=False,
         # Periodic evaluation uses the TEST set (the data module's val loader), for curves and "oracle" numbers.
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     trainer.test(module, datamodule=datamodule, verbose=False)
+    if checkpoint_io.disk_full is not None:  # the results are written; now say that the checkpoint is not
+        raise checkpoint_io.disk_full
     # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
     payload = json.loads((run_dir / "metrics.json").read_text())
     result = {k: float(v) for k, v in payload["final"].items()}

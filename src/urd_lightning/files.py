@@ -1,0 +1,133 @@
+"""Writing files safely: atomically (temporary file in the same folder, then a rename), with one-line errors.
+
+Every file the tool writes goes through :func:`write_atomic` (bytes or text) or :func:`write_via` (a library that
+wants a path: OpenCV, ONNX, TorchScript, matplotlib), so a crash, an interrupt or a full disk never leaves a
+half-written file in place of a good one. A full disk (``ENOSPC``) and a folder without permission become
+:class:`OutputError` lines naming the path (and, for a full disk, the space needed and free).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from urd_lightning.errors import DiskFullError, OutputError
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space on the disk holding ``path`` (or its nearest existing parent); ``None`` when unknown."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def disk_error(exc: BaseException, path: Path, needed: int | None = None) -> OutputError | None:
+    """The one-line error for an ``OSError`` anywhere in ``exc``'s chain (a full disk, no permission), or ``None``.
+
+    Libraries wrap the OS error (torch: "unexpected pos"; OpenCV: a ``False`` return), so the chain is searched.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            free = free_bytes(path)
+            need = f"about {_mb(needed)} needed, " if needed else ""
+            have = f"{_mb(free)} free" if free is not None else "free space unknown"
+            return DiskFullError(f"no space left on the disk while writing {path} ({need}{have}); free some space or "
+                               "choose another output folder")
+        if isinstance(seen, OSError) and seen.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return OutputError(f"cannot write {path}: {seen.strerror}; choose a folder you can write to")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def write_via(path: str | Path, write: Callable[[Path], object], needed: int | None = None,
+              suffix: str | None = None) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
+
+    Args:
+        path: the final file.
+        write: writes the file it is given (e.g. ``lambda p: cv2.imwrite(str(p), image)``); a ``False`` return
+            (OpenCV's way of failing) counts as a failure.
+        needed: the expected size in bytes, for the full-disk message.
+        suffix: the temporary file's suffix; default ``path``'s (writers such as OpenCV choose the format by it).
+
+    Raises:
+        OutputError: no space left or no permission (the temporary file is removed; ``path`` is untouched).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp",
+                                    dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise disk_error(exc, path, needed) or exc from exc
+    tmp = Path(name)
+    try:
+        if write(tmp) is False:
+            raise OSError(errno.EIO, f"the writer reported failure for {path}")
+        os.replace(tmp, path)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        if _interrupted(exc):
+            raise KeyboardInterrupt from None  # a library turned the interrupt into its own error
+        mapped = disk_error(exc, path, needed)
+        if mapped is not None:
+            raise mapped from exc
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically; see :func:`write_via`."""
+    payload = data.encode() if isinstance(data, str) else data
+    return write_via(path, lambda tmp: tmp.write_bytes(payload), needed=len(payload))
+
+
+def _interrupted(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def ensure_writable(folder: str | Path, what: str) -> Path:
+    """Prove that ``folder`` can be created (if missing) and can hold a file, before any work starts.
+
+    Raises:
+        OutputError: one line naming the key (``what``) and the folder.
+    """
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first; removed again below
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputError(f"{what}={folder} cannot be written ({reason}); choose a folder you can write to") from exc
+    finally:
+        for made in created:  # a check leaves nothing behind: the work creates what it needs
+            try:
+                made.rmdir()
+            except OSError:
+                break
+    return folder
