@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from urd_lightning.errors import ConfigError
+from urd_lightning.textures import resolve_textures
 
 CONFIG_DIR = Path(os.environ.get("URD_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
@@ -49,6 +50,7 @@ class DataConfig:
     eval_batch_size: int = 16
     num_workers: int = 4
     synthesis: bool = True
+    textures: str = "auto"
     dtd_root: str | None = None
     foreground: str = "auto"
     seed: int = 111
@@ -139,6 +141,7 @@ CHOICES = {
     "loss_variant": ("head", "first_commit"),
     "model.injection": ("concat", "gii", "none"),
     "data.resize": ("pil", "cv2"),
+    "data.textures": ("auto", "dtd", "procedural", "none"),
 }
 
 
@@ -290,6 +293,8 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     if not cfg.model.expert and cfg.model.train_teacher:
         # Without the expert there is nothing to train the teacher against (design.md, models).
         cfg.model.train_teacher = False
+    # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity (issue 13).
+    cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)
     cfg.run = run_name(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
