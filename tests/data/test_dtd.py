@@ -170,6 +170,7 @@ def test_texture_source_is_part_of_a_runs_identity_but_its_path_is_not(tmp_path,
     assert config_diff(moved) == []
 
 
+@pytest.mark.slow  # a full (tiny) training; the default suite checks the field in test_train's smoke test
 def test_training_records_the_texture_source(mvtec_root, tmp_path, capsys):
     from urd_lightning.training.builders import run_dir_of
     from urd_lightning.training.train import train
