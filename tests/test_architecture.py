@@ -26,6 +26,7 @@ FORBIDDEN = {
     "files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "ranges": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "checkpoint_io": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
+    "textures": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "errors": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
 }
 # Imports inside functions are allowed only for start-up time, each named here with its reason.
@@ -34,6 +35,7 @@ DEFERRED_OK = {
     ("urd_lightning.data.cli", "urd_lightning.data.download"): "`data check` starts without the download code",
     ("urd_lightning.data.cli", "urd_lightning.data.check"): "`data download` starts without the check code",
     ("urd_lightning.data.cli", "urd_lightning.data.demo"): "`data check` starts without the demo generator",
+    ("urd_lightning.data.cli", "urd_lightning.data.dtd"): "`data download` starts without the DTD check code",
     ("urd_lightning.data", "urd_lightning.data.datamodule"): "the lazy re-export keeps Lightning out of `deploy`",
     ("urd_lightning.deploy.checkpoint", "urd_lightning.models"): "checkpoint errors come before timm's import",
 }

@@ -12,7 +12,8 @@ from urd_lightning.config import CONFIG_DIR, load_config
 
 # experiment -> {dotted key: value} it must change relative to the defaults (and nothing else).
 EXPECTED = {
-    "paper": {},  # the defaults follow the paper (GII); the file pins them
+    # The defaults follow the paper's network (GII); the file pins it, insists on DTD and adds the oracle evaluations.
+    "paper": {"data.textures": "dtd", "data.dtd_root": "datasets/dtd", "eval.every_n_steps": 250},
     "authors": {"model.injection": "concat", "trainer.deterministic": True},
     "rd4ad": {
         "model.expert": False,
@@ -20,15 +21,22 @@ EXPECTED = {
         "model.injection": "none",
         "model.xavier_init": False,
         "data.synthesis": False,
+        "data.textures": "none",
         "data.foreground": "none",
     },  # fmt: skip
     "no_expert": {"model.expert": False, "model.train_teacher": False},  # train_teacher is forced by the loader
     "no_gii": {"model.injection": "none"},
     "frozen_teacher": {"model.train_teacher": False},
-    "no_synthesis": {"data.synthesis": False, "model.train_teacher": False},
+    "no_synthesis": {"data.synthesis": False, "data.textures": "none", "model.train_teacher": False},
     "first_commit_losses": {"loss_variant": "first_commit"},
 }
 IGNORED = {"experiment", "run"}  # the experiment's name and the hashed run name always differ
+
+
+@pytest.fixture(autouse=True)
+def _no_dtd_here(tmp_path, monkeypatch):
+    """Run where no datasets/dtd exists, so data.textures=auto resolves the same on every machine (procedural)."""
+    monkeypatch.chdir(tmp_path)
 
 
 def resolved(argv: list[str]) -> dict:

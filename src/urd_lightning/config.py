@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from urd_lightning.config_files import CONFIG_DIR, config_names, config_roots, find_config, load_yaml
 from urd_lightning.errors import ConfigError
 from urd_lightning.ranges import check_ranges
+from urd_lightning.textures import resolve_textures
 
 __all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "run_name", "to_yaml"]
 
@@ -54,6 +55,7 @@ class DataConfig:
     eval_batch_size: int = 16
     num_workers: int = 4
     synthesis: bool = True
+    textures: str = "auto"
     dtd_root: str | None = None
     foreground: str = "auto"
     seed: int = 111
@@ -145,6 +147,7 @@ CHOICES = {
     "loss_variant": ("head", "first_commit"),
     "model.injection": ("concat", "gii", "none"),
     "data.resize": ("pil", "cv2"),
+    "data.textures": ("auto", "dtd", "procedural", "none"),
 }
 
 
@@ -304,6 +307,8 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
         # Without the expert there is nothing to train the teacher against (design.md, models).
         cfg.model.train_teacher = False
     check_ranges(cfg)  # numeric keys within their ranges, before anything is built or written (ranges.py)
+    # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity (issue 13).
+    cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)
     cfg.run = run_name(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg

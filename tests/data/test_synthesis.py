@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -96,7 +98,9 @@ def test_dtd_source(tmp_path):
         DTDTextures(tmp_path / "images" / "missing")
 
 
-def test_procedural_notice_logged(caplog):
+def test_procedural_notice_logged(caplog, monkeypatch):
+    # A training run earlier in the session (setup_console_logging) stops "urd_lightning" from propagating to root.
+    monkeypatch.setattr(logging.getLogger("urd_lightning"), "propagate", True)
     with caplog.at_level("WARNING"):
         assert isinstance(make_texture_source(None), ProceduralTextures)
     assert "procedural" in caplog.text and "paper" in caplog.text

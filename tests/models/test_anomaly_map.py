@@ -5,7 +5,13 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from urd_lightning.models.anomaly_map import GaussianBlur2d, anomaly_map, gaussian_kernel1d, reflect_indices
+from urd_lightning.models.anomaly_map import (
+    GaussianBlur2d,
+    anomaly_map,
+    gaussian_kernel1d,
+    reflect_indices,
+    score_maps,
+)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (37, 50), (5, 7), (1, 3), (16, 40)])
@@ -64,3 +70,43 @@ def test_anomaly_map_uses_align_corners_true():
     # align_corners=True: the end pixels equal the two source values exactly and the rest interpolate linearly
     # (align_corners=False would give 0, 0, 0.5, 1, 1).
     torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+
+
+def _features(dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    shapes = [(2, 8, 16, 16), (2, 16, 8, 8), (2, 32, 4, 4)]
+    teacher = [torch.rand(s, generator=g) for s in shapes]
+    # Low-contrast maps (student close to teacher), where bf16's ~0.004 steps would collapse thresholds.
+    student = [t + 0.2 * torch.rand(t.shape, generator=g) for t in teacher]
+    return [t.to(dtype) for t in teacher], [s.to(dtype) for s in student]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32-features", "bf16-features"])
+def test_map_and_score_are_fp32_under_bf16_autocast(dtype):
+    # Issue 13: whatever precision the network ran in, map, blur and score are computed in fp32. The reference runs
+    # outside autocast on the same features cast to fp32, so it does not depend on the guard under test.
+    teacher, student = _features(dtype)
+    blur = GaussianBlur2d()
+    ref_map, ref_score = score_maps(anomaly_map([t.float() for t in teacher], [s.float() for s in student], (64, 64)),
+                                    blur)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_map, got_score = score_maps(anomaly_map(teacher, student, (64, 64)), blur)
+    assert got_map.dtype == torch.float32 and got_score.dtype == torch.float32
+    torch.testing.assert_close(got_map, ref_map, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_score, ref_score, atol=1e-6, rtol=0)
+
+
+def test_urd_predict_is_fp32_under_bf16_autocast(monkeypatch):
+    from urd_lightning.models import URD
+    from urd_lightning.models.urd import URDOutput
+
+    torch.manual_seed(0)
+    net = URD(backbone="resnet18", pretrained=False).eval()
+    teacher, student = _features()
+    monkeypatch.setattr(net, "forward", lambda x: URDOutput(teacher=teacher, student=student))
+    x = torch.zeros(2, 3, 64, 64)
+    ref_map, ref_score = net.predict(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_map, got_score = net.predict(x)
+    torch.testing.assert_close(got_map, ref_map, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_score, ref_score, atol=1e-6, rtol=0)

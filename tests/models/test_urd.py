@@ -167,14 +167,29 @@ def test_config_records_the_injection():
 
 
 def test_gii_similarity_carries_no_gradient(batch):
+    """§1.5: s = cos(A, T3) is a constant of the backward pass (no_grad on the detached student feature).
+
+    The gradients of the mix s·F + (1 − s)·A are then exactly (1 − s)·g into A and s·g into F, and into T3 only
+    through F and A. Computing s with gradient adds ∂s/∂A and ∂s/∂T3 terms, which these equalities catch.
+    """
     net = _tiny(injection="gii").eval()
     feats = [f.detach().requires_grad_(True) for f in net.teacher_features(batch[0])]
     captured = {}
-
-    def hook(_module, inputs):
-        captured["mix"] = inputs[0]
-
-    handle = net.student.conv3x3_simattn[1].register_forward_pre_hook(hook)
+    hooks = [
+        net.student.decoder.layer1.register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out)),
+        net.student.fuse_encoder[1].register_forward_hook(lambda _m, _i, out: captured.setdefault("f", out)),
+        net.student.conv3x3_simattn[1].register_forward_pre_hook(lambda _m, args: captured.setdefault("mix", args[0])),
+    ]
     net.student_features(feats)
-    handle.remove()
-    assert captured["mix"].requires_grad  # gradient still flows through the convex mix into F and A
+    for hook in hooks:
+        hook.remove()
+    a, f, mix, t3 = captured["a"], captured["f"], captured["mix"], feats[2]
+    assert mix.requires_grad  # gradient still flows through the convex mix into F and A
+    s = torch.nn.functional.cosine_similarity(a.detach(), t3.detach(), dim=1, eps=1e-8).unsqueeze(1)
+    torch.testing.assert_close(mix, s * f + (1 - s) * a)
+    g = torch.randn(mix.shape, generator=torch.Generator().manual_seed(2))
+    grad_a, grad_f, grad_t3 = torch.autograd.grad(mix, [a, f, t3], g, retain_graph=True)
+    torch.testing.assert_close(grad_a, (1 - s) * g)
+    torch.testing.assert_close(grad_f, s * g)
+    expected_t3 = torch.autograd.grad([f, a], t3, [s * g, (1 - s) * g])[0]
+    torch.testing.assert_close(grad_t3, expected_t3)

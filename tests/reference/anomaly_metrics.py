@@ -42,8 +42,13 @@ def integrate_to_limit_ref(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -
     return float(np.trapezoid(y, x) / fpr_limit)
 
 
-def per_image_aupro_ref(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> list[float]:
-    """RD4AD/URD protocol, one value per anomalous image, with the project's documented degenerate-case values."""
+def per_image_aupro_ref(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3,
+                        positive=np.greater) -> list[float]:
+    """RD4AD/URD protocol, one value per anomalous image, with the project's documented degenerate-case values.
+
+    ``positive`` is the protocol's ``score > t``; tests pass ``np.greater_equal`` to show that their data tell the two
+    apart.
+    """
     out = []
     for amap, mask in zip(maps.astype(np.float64), masks.astype(bool), strict=True):
         if not mask.any():
@@ -55,7 +60,7 @@ def per_image_aupro_ref(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 
         lab = label(mask, connectivity=2)
         fprs, pros = [], []
         for t in np.arange(lo, hi, (hi - lo) / 200):
-            pred = amap > t
+            pred = positive(amap, t)
             n_neg = (~mask).sum()
             fprs.append((pred & ~mask).sum() / n_neg if n_neg else 0.0)
             pros.append(np.mean([pred[lab == r].sum() / (lab == r).sum() for r in range(1, lab.max() + 1)]))

@@ -36,6 +36,7 @@ def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):
     assert payload["execution"] == {"device": "cpu", "precision": "32-true", "deterministic": False,
                                     "cudnn_benchmark": False, "channels_last": False, "compile": False,
                                     "batched_eval_forwards": True}
+    assert payload["texture_source"] == cfg.data.textures in ("dtd", "procedural")  # issue 13: said where read
     assert (run / "config.yaml").is_file() and (run / "roc_curve.png").is_file() and (run / "pro_curve.png").is_file()
     assert len(list((run / "images").glob("*.png"))) == 2
     # The checkpoint names no Python class (no module path of this package): it survives moving code around.

@@ -34,6 +34,25 @@ TABLE_COLUMNS: dict[str, str] = {
     "pixel_AUPRO": "AUPRO pooled (MVTec official)",
     "pixel_AP": "pixel AP",
 }
+PROCEDURAL_MARK = "†"  # rows trained on procedural textures instead of the paper's DTD (issue 13)
+
+
+def texture_source(record: RunRecord) -> str | None:
+    """``dtd``, ``procedural`` or ``none`` (no synthesis) from metrics.json, else from the run's config; or None.
+
+    Runs written before the field existed have no ``data.textures`` either: no DTD path meant procedural then.
+    """
+    if "texture_source" in record.metrics:
+        return str(record.metrics["texture_source"])
+    if "data.textures" in record.config:
+        return str(record.config["data.textures"])
+    if "data.synthesis" not in record.config:
+        return None
+    if not record.config["data.synthesis"]:
+        return "none"
+    return "dtd" if record.config.get("data.dtd_root") else "procedural"
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
@@ -67,7 +86,8 @@ def markdown_table(dataset: str, run: str, records: list[RunRecord], expected: l
     for cat in categories:
         if cat in done:
             final = done[cat].metrics.get("final", {})
-            lines.append(_row(cat, [_fmt(final.get(key)) for key in TABLE_COLUMNS]))
+            mark = f" {PROCEDURAL_MARK}" if texture_source(done[cat]) == "procedural" else ""
+            lines.append(_row(cat + mark, [_fmt(final.get(key)) for key in TABLE_COLUMNS]))
         else:
             status = others[cat].status if cat in others else "missing"
             lines.append(_row(f"{cat} ({status})", ["—"] * len(TABLE_COLUMNS)))
@@ -88,6 +108,12 @@ def markdown_table(dataset: str, run: str, records: list[RunRecord], expected: l
             ]
             lines.append(_row("Δ mean − paper", diffs))
     lines.append("")
+    procedural = [c for c in categories if c in done and texture_source(done[c]) == "procedural"]
+    if procedural:
+        lines.append(f"{PROCEDURAL_MARK} Trained with built-in procedural textures, not the paper's DTD "
+                     f"({len(procedural)}/{len(finished)} finished categories): not comparable with the paper. Get DTD "
+                     "with `python -m urd_lightning data download dtd` and rerun.")
+        lines.append("")
     missing = [c for c in categories if c not in done]
     if missing:
         lines.append(f"Missing ({len(missing)}): " + ", ".join(missing) + ". The mean covers finished categories only;")
@@ -113,6 +139,7 @@ def write_csv(records: list[RunRecord], path: str | Path) -> Path:
         row.update({f"oracle_{k}": v for k, v in r.metrics.get("oracle", {}).items()})
         row.update({k: v for k, v in r.metrics.get("durations", {}).items()})
         row.update({k: r.metrics[k] for k in ("steps", "injection") if k in r.metrics})
+        row["texture_source"] = texture_source(r) or ""
         row.update({f"config.{k}": v for k, v in r.config.items()})
         row["error"] = r.error
         rows.append(row)

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 # Keys that say where or how a run is executed or logged, not what is trained: they neither change the run name nor
 # make a finished category "a different config" when resuming. Device counts are among them so that a SLURM array
 # (trainer.devices=1) and its --report-only job agree on the run name; a DDP run changes the effective batch size,
-# so give it its own run= when comparing.
+# so give it its own run= when comparing. data.dtd_root only says where DTD lies; whether DTD or procedural textures
+# were used is data.textures, which is not volatile.
 VOLATILE_KEYS = (
     "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
     "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
@@ -98,6 +99,11 @@ def plan(dataset: str, overrides: list[str], categories: list[str] | None = None
     if any(item.split("=", 1)[0] in ("data.category", "dataset") for item in overrides):
         raise ConfigError("benchmark sets dataset= and data.category itself; choose categories with --categories")
     run = benchmark_run_name(overrides)
+    if not any(item.startswith("run=") for item in overrides):
+        # The texture source is part of a run's identity (data.textures is not volatile, data.dtd_root is): runs on
+        # procedural textures get their own folders and table, so a rerun once DTD is there never skips or mixes.
+        if urd_config.load_config([f"dataset={dataset}", *overrides]).data.textures == "procedural":
+            run = f"{run}-procedural"
     argv_common = [f"dataset={dataset}", *[o for o in overrides if not o.startswith("run=")], f"run={run}"]
     config_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("config_dir")  # the user's dataset files
     known = dataset_categories(dataset, config_dir) if categories is None else order_categories(dataset, categories)

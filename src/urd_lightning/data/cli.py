@@ -1,6 +1,8 @@
 """``python -m urd_lightning data download|check|demo``: get, verify and generate datasets.
 
     python -m urd_lightning data download mvtec --root datasets/MVTecAD
+    python -m urd_lightning data download dtd              # the paper's anomaly textures, into datasets/dtd
+    python -m urd_lightning data check dtd --root datasets/dtd
     python -m urd_lightning data check visa --root datasets/VisA --category pcb1 [--json]
     python -m urd_lightning data demo --root datasets/demo
 
@@ -14,17 +16,19 @@ import argparse
 import logging
 
 from urd_lightning.data.benchmarks import BENCHMARKS
+from urd_lightning.errors import DataError
+from urd_lightning.textures import DEFAULT_DTD_ROOT
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m urd_lightning data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    download = commands.add_parser("download", help="download, verify (sha256) and extract a benchmark")
-    download.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    download.add_argument("--root", required=True, help="dataset folder (the archive is kept there)")
+    download = commands.add_parser("download", help="download, verify (sha256) and extract a benchmark or DTD")
+    download.add_argument("benchmark", choices=[*sorted(BENCHMARKS), "dtd"])
+    download.add_argument("--root", help=f"dataset folder (the archive is kept there); dtd: {DEFAULT_DTD_ROOT}")
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     check = commands.add_parser("check", help="count images and report every problem with the data")
-    check.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    check.add_argument("benchmark", choices=[*sorted(BENCHMARKS), "dtd"])
     check.add_argument("--root", required=True, help="dataset folder")
     check.add_argument("--category", default=None, help="one category (default: every category found)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
@@ -46,11 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "download":
         from urd_lightning.data.download import download_benchmark
 
-        root = download_benchmark(args.benchmark, args.root, progress=not args.no_progress)
+        if args.root is None and args.benchmark != "dtd":
+            raise DataError(f"data download {args.benchmark} needs --root DIR (where the dataset goes)")
+        root = download_benchmark(args.benchmark, args.root or DEFAULT_DTD_ROOT, progress=not args.no_progress)
         print(f"{args.benchmark} is ready in {root}; check it with: python -m urd_lightning data check "
               f"{args.benchmark} --root {root}")
         return 0
     if args.command == "check":
+        if args.benchmark == "dtd":
+            from urd_lightning.data.dtd import check_dtd, format_dtd
+
+            report = check_dtd(args.root)
+            print(report.to_json() if args.json else format_dtd(report))
+            return 0 if report.ok else 1
         from urd_lightning.data.check import check_dataset
 
         options = {}

@@ -28,6 +28,7 @@ from urd_lightning.data.synthesis import make_texture_source
 from urd_lightning.data.transforms import check_resize
 from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
+from urd_lightning.textures import resolve_textures
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class AnomalyDataModule(L.LightningDataModule):
         eval_batch_size: evaluation batch size per process.
         num_workers: loader processes.
         synthesis: make synthetic anomalies for training (False for RD4AD: ``aug_image`` is the image).
-        dtd_root: DTD folder for anomaly textures; None uses the procedural source (differs from the paper).
+        textures: anomaly source: ``dtd`` (the paper's), ``procedural`` (built-in, differs from the paper) or
+            ``auto`` (DTD from ``dtd_root`` or ``datasets/dtd`` when found, else procedural).
+        dtd_root: DTD folder for anomaly textures (None: ``datasets/dtd``).
         foreground: ``auto`` (per category, from the YAML), ``none``, ``otsu`` or ``grabcut``.
         seed: seed of the shuffle and of the synthesis.
         cache_dir: where foreground masks are cached.
@@ -84,7 +87,8 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def __init__(self, benchmark: str = "demo", root: str | None = None, category: str | None = None,
                  image_size: int = 256, train_batch_size: int = 16, eval_batch_size: int = 16, num_workers: int = 4,
-                 synthesis: bool = True, dtd_root: str | None = None, foreground: str = "auto", seed: int = 111,
+                 synthesis: bool = True, textures: str = "auto", dtd_root: str | None = None,
+                 foreground: str = "auto", seed: int = 111,
                  cache_dir: str = ".cache/urd/foreground", augment: bool = False, check: bool = True,
                  resize: str = "pil", pixel_cache_dir: str | None = None,
                  normal_dir: str = "good", abnormal_dir: str | None = None, mask_dir: str | None = None,
@@ -98,7 +102,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.category = str(category if category is not None else defaults.get("category"))
         self.image_size, self.seed = image_size, seed
         self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
-        self.synthesis, self.dtd_root, self.augment, self.check = synthesis, dtd_root, augment, check
+        self.synthesis, self.augment, self.check = synthesis, augment, check
+        self.textures, self.dtd_root = resolve_textures(textures, dtd_root, synthesis)  # dtd | procedural | none
         self.foreground = resolve_foreground(benchmark, self.category, foreground)
         self.resize = check_resize(resize)
         self.cache_dir, self.pixel_cache_dir = cache_dir, pixel_cache_dir
@@ -130,7 +135,7 @@ class AnomalyDataModule(L.LightningDataModule):
             self.test_data = AnomalyDataset(test, self.image_size, train=False, resize=self.resize)
         if self.train_data is None and stage in (None, "fit"):  # test/predict runs skip the (slow) foregrounds
             train = index(self.benchmark, self.root, self.category, "train", **self.folder_options)
-            source = None
+            source = None  # dtd_root is None unless data.textures resolved to dtd: then procedural textures
             if self.synthesis:
                 source = make_texture_source(self.dtd_root, resize=self.resize, cache_dir=self.pixel_cache_dir)
             foregrounds = None

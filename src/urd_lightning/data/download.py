@@ -1,9 +1,10 @@
-"""Benchmark downloads: resumable, sha256-verified (also for an archive already on disk), safely extracted.
+"""Benchmark and DTD downloads: resumable, sha256-verified (also for an archive already on disk), safely extracted.
 
-URLs and sha256 sums are the public ones also used by anomalib's datamodules (MVTec AD, VisA, BTAD). MPDD has no
-archive with a published checksum: the command prints where to get it and the tree to put it in. Extraction
-refuses any member that would land outside the root: absolute paths, ``..`` components, links pointing out, device
-files. Nothing is downloaded implicitly: training only checks the data (see ecosystem.md, "work offline first").
+URLs and sha256 sums are the public ones also used by anomalib's datamodules (MVTec AD, VisA, BTAD) and its DRAEM
+model (DTD, the anomaly textures). MPDD has no archive with a published checksum: the command prints where to get
+it and the tree to put it in. Extraction refuses any member that would land outside the root: absolute paths,
+``..`` components, links pointing out, device files. Nothing is downloaded implicitly: training only checks the
+data (see ecosystem.md, "work offline first").
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ ARCHIVES: dict[str, Archive] = {
     "btad": Archive("https://avires.dimi.uniud.it/papers/btad/btad.zip",
                     "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a", "btad.zip",
                     subdir="BTech_Dataset_transformed"),
+    # Describable Textures Dataset (Cimpoi et al., CVPR 2014), the paper's anomaly source: the official archive
+    # (torchvision's DTD dataset downloads the same file); it extracts to dtd/{images,labels,imdb}.
+    "dtd": Archive("https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+                   "e42855a52a4950a3b59612834602aa253914755c95b0cff9ead6d07395f8e205", "dtd-r1.0.1.tar.gz",
+                   subdir="dtd"),
 }
 MANUAL = {
     "mpdd": ("https://github.com/stepanje/MPDD",
@@ -58,6 +64,7 @@ EXPECTED_TREES = {
     "mvtec": "<root>/<category>/{train/good, test/<defect>|good, ground_truth/<defect>/<stem>_mask.png}",
     "visa": "<root>/<category>/Data/{Images/Normal,Images/Anomaly,Masks/Anomaly}, <root>/split_csv/1cls.csv",
     "btad": "<root>/{01,02,03}/{train/ok, test/ok, test/ko, ground_truth/ko}",
+    "dtd": "<root>/images/<class>/*.jpg (47 classes, 5640 images)",
 }
 
 

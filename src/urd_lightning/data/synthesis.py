@@ -27,6 +27,7 @@ from urd_lightning.data.benchmarks import IMAGE_EXTENSIONS
 from urd_lightning.data.cache import PixelCache, content_digest
 from urd_lightning.data.transforms import check_resize, read_rgb, resize_image
 from urd_lightning.errors import DataError
+from urd_lightning.textures import dtd_images_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def perlin_mask(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class DTDTextures:
-    """Anomaly source images from a DTD folder (``images/<class>/*.jpg``, or any images below ``root``).
+    """Anomaly source images from a DTD folder (``images/<class>/*.jpg``, ``dtd/images/...``, or any images below).
 
     Resized with ``resize`` (``pil``: Pillow bilinear, as the authors; ``cv2``: see ``transforms``). With
     ``cache_dir`` each image is decoded and resized once per run and shared by the workers (``data/cache.py``); the
@@ -91,10 +92,11 @@ class DTDTextures:
         self.cache_dir = cache_dir
         self._caches: dict[int, PixelCache] = {}
         root = Path(root)
-        base = root / "images" if (root / "images").is_dir() else root
-        self.paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        base = dtd_images_dir(root) or root
+        self.paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if base.is_dir() else []
         if not self.paths:
-            raise DataError(f"no images under {base} (data.dtd_root): expected the DTD tree dtd/images/<class>/*.jpg")
+            raise DataError(f"no DTD images under {base} (data.dtd_root): expected images/<class>/*.jpg. Get DTD with: "
+                            f"python -m urd_lightning data download dtd --root {root}, or set data.textures=procedural")
         self._digest = content_digest(self.paths) if cache_dir else ""
 
     def _load(self, index: int, size: int) -> np.ndarray:
@@ -162,8 +164,9 @@ def make_texture_source(dtd_root: str | Path | None, resize: str = "pil",
     """DTD when ``dtd_root`` is set, else the procedural source with a one-line notice; ``cache_dir``: pixel cache."""
     if dtd_root:
         return DTDTextures(dtd_root, resize=resize, cache_dir=cache_dir)
-    log.warning("data.dtd_root is not set: synthetic anomalies use built-in procedural textures, so results "
-                "differ from the paper's setting (DTD).")
+    log.warning("No DTD (data.textures=procedural, or none found in datasets/dtd): synthetic anomalies use built-in "
+                "procedural textures, so results differ from the paper's setting (DTD). Get DTD with: "
+                "python -m urd_lightning data download dtd")
     return ProceduralTextures(cache_dir=cache_dir)
 
 

@@ -4,9 +4,16 @@ Follows urd-method.md §6 (the authors' ``cal_anomaly_map`` with ``anomaly_mode=
 ``scipy.ndimage.gaussian_filter(sigma=4)``). The smoothing here is a separable torch convolution that reproduces
 scipy's filter (kernel radius ``int(truncate·σ + 0.5)`` = 16 taps each side, ``mode='reflect'``), so it runs on the
 GPU and in exported graphs; tests check it against scipy.
+
+The map is always computed in fp32, whatever precision the network ran in: under bf16 autocast the cosine, the
+upsampling and the blur would come out in bf16 (8 mantissa bits, steps of ~0.004 on a map in [0, 1]), which
+collapses the thresholds of the pixel metrics (issue 13). ``fp32_region`` switches autocast off and the features are
+cast up, so ``test``, periodic evaluation, ``predict`` and export all get the same fp32 map.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +22,11 @@ from torch import Tensor, nn
 # σ = 4 and truncate = 4 are the authors' choice (scipy's default truncate): a 33-tap kernel.
 PAPER_SIGMA = 4.0
 SCIPY_TRUNCATE = 4.0
+
+
+def fp32_region(device: torch.device) -> contextlib.AbstractContextManager:
+    """A region where autocast is off on ``device``'s type, so tensors keep the dtype they are given (fp32 here)."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = SCIPY_TRUNCATE) -> Tensor:
@@ -52,14 +64,15 @@ class GaussianBlur2d(nn.Module):
         self.register_buffer("kernel", kernel.float(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Smooth ``x`` ``(B, C, H, W)``; returns the same shape and dtype."""
+        """Smooth ``x`` ``(B, C, H, W)``; returns the same shape and dtype (autocast does not lower it to bf16)."""
         b, c, h, w = x.shape
-        kernel = self.kernel.to(x.dtype)
-        planes = x.reshape(b * c, 1, h, w)
-        planes = planes.index_select(2, reflect_indices(h, self.radius, x.device))
-        planes = F.conv2d(planes, kernel.view(1, 1, -1, 1))
-        planes = planes.index_select(3, reflect_indices(w, self.radius, x.device))
-        planes = F.conv2d(planes, kernel.view(1, 1, 1, -1))
+        with fp32_region(x.device):
+            kernel = self.kernel.to(x.dtype)
+            planes = x.reshape(b * c, 1, h, w)
+            planes = planes.index_select(2, reflect_indices(h, self.radius, x.device))
+            planes = F.conv2d(planes, kernel.view(1, 1, -1, 1))
+            planes = planes.index_select(3, reflect_indices(w, self.radius, x.device))
+            planes = F.conv2d(planes, kernel.view(1, 1, 1, -1))
         return planes.reshape(b, c, h, w)
 
 
@@ -77,12 +90,21 @@ def anomaly_map(teacher: list[Tensor], student: list[Tensor], size: tuple[int, i
         size: output ``(H, W)``, the input image size.
 
     Returns:
-        ``(B, 1, H, W)`` map. Bilinear upsampling uses ``align_corners=True`` as the authors' code does.
+        ``(B, 1, H, W)`` float32 map, computed in fp32 also under autocast (features of any dtype are cast up).
+        Bilinear upsampling uses ``align_corners=True`` as the authors' code does.
     """
     if not teacher:
         raise ValueError("anomaly_map needs at least one feature level")
     total = None
-    for t, s in zip(teacher, student, strict=True):
-        level = F.interpolate(channel_cosine_distance(t, s), size=size, mode="bilinear", align_corners=True)
-        total = level if total is None else total + level
+    with fp32_region(teacher[0].device):
+        for t, s in zip(teacher, student, strict=True):
+            distance = channel_cosine_distance(t.float(), s.float())
+            level = F.interpolate(distance, size=size, mode="bilinear", align_corners=True)
+            total = level if total is None else total + level
     return total
+
+
+def score_maps(raw: Tensor, blur: GaussianBlur2d) -> tuple[Tensor, Tensor]:
+    """Smoothed fp32 map ``(B,1,H,W)`` and image score ``(B,)`` = the smoothed map's maximum (the authors' score)."""
+    smoothed = blur(raw.float())  # the blur keeps its input's dtype, also under autocast
+    return smoothed, smoothed.flatten(1).amax(dim=1)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from urd_lightning.errors import ConfigError
-from urd_lightning.models.anomaly_map import PAPER_SIGMA, GaussianBlur2d, anomaly_map
+from urd_lightning.models.anomaly_map import PAPER_SIGMA, GaussianBlur2d, anomaly_map, score_maps
 from urd_lightning.models.encoder import DEFAULT_BACKBONE, build_encoder, describe_backbone
 from urd_lightning.models.student import INJECTIONS, Injection, Student
 
@@ -151,14 +151,16 @@ class URD(nn.Module):
         return URDOutput(teacher=teacher, student=self.student_features(teacher))
 
     def anomaly_map(self, x: Tensor) -> Tensor:
-        """Raw (unsmoothed) map ``(B,1,H,W)``: Σ_l (1 − cos(T_l, S_l)) upsampled to the input size (§6)."""
+        """Raw (unsmoothed) fp32 map ``(B,1,H,W)``: Σ_l (1 − cos(T_l, S_l)) upsampled to the input size (§6)."""
         out = self.forward(x)
         return anomaly_map(out.teacher, out.student, tuple(x.shape[-2:]))
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Smoothed map ``(B,1,H,W)`` (Gaussian σ = 4, as the authors) and image score ``(B,)`` = its maximum."""
-        smoothed = self.blur(self.anomaly_map(x))
-        return smoothed, smoothed.flatten(1).amax(dim=1)
+        """Smoothed map ``(B,1,H,W)`` (Gaussian σ = 4, as the authors) and image score ``(B,)`` = its maximum.
+
+        The network runs in whatever precision autocast gives it; map, blur and score are fp32 (issue 13).
+        """
+        return score_maps(self.anomaly_map(x), self.blur)
 
     def teacher_parameters(self) -> list[nn.Parameter]:
         """Parameters of the teacher's optimizer (empty when the teacher is frozen)."""

@@ -86,7 +86,7 @@ def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
     """A readable table of the final (and oracle) numbers, durations and the results folder, as text."""
     final, oracle = payload.get("final", {}), payload.get("oracle") or {}
     head = f"{payload['dataset']}/{payload['category']}  run {payload['run']}  ({payload['steps']} steps, " \
-           f"injection {payload['injection']})"
+           f"injection {payload['injection']}, textures {payload.get('texture_source', '?')})"
     width = max(len(k) for k in METRIC_ORDER) + 2
     lines = [head, "-" * len(head), f"{'metric':<{width}}{'final':>9}" + (f"{'oracle*':>10}" if oracle else "")]
     for key in METRIC_ORDER:
@@ -102,6 +102,8 @@ def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
                      "(`python -m urd_lightning data check` names what is missing)")
     if oracle:
         lines.append("* oracle = best periodic evaluation on the TEST set (the authors' selection); not a fair score")
+    if payload.get("texture_source") == "procedural":
+        lines.append("textures: PROCEDURAL, not the paper's DTD; get DTD: python -m urd_lightning data download dtd")
     lines.append(f"results: {run_dir}")
     return "\n".join(lines)
 

@@ -102,7 +102,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     if rank_zero_only.rank == 0:
         warn_if_disk_small(Path(cfg.output_dir), checkpoint_bytes(module))
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
-            "execution": execution_record(cfg, kwargs, module)}
+            "execution": execution_record(cfg, kwargs, module),
+            "texture_source": cfg.data.textures}  # dtd (the paper's) | procedural | none (no synthesis)
     results = ResultsWriter(run_dir, meta, logger)
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
