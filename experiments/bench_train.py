@@ -80,7 +80,7 @@ def main() -> None:
     loader = DataLoader(RandomBatches(args.size, total * args.batch), batch_size=args.batch)
     timer = Timer(args.warmup)
     trainer = Trainer(accelerator=args.accelerator, devices=1, precision=args.precision,
-                      max_steps=total * module.steps_per_iteration, logger=False, enable_checkpointing=False,
+                      max_steps=total, logger=False, enable_checkpointing=False,  # iterations (URDModule scales)
                       enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
     trainer.fit(module, train_dataloaders=loader)
     train_its = timer.timed / timer.elapsed

@@ -23,6 +23,7 @@ from urd_lightning.errors import URDError
 from urd_lightning.metrics import AnomalyMetrics
 from urd_lightning.models import URD
 from urd_lightning.models import losses as urd_losses
+from urd_lightning.training.trainer_checks import check_trainer
 
 # The authors select their reported ("max") numbers on the test set by these sums (urd-method.md §5):
 # pixel AUROC + AUPRO on MVTec, plus image AUROC on VisA. We only use them for the labelled "oracle" numbers.
@@ -63,7 +64,7 @@ class URDModule(LightningModule):
         self.model = URD(**model)
         self.train_teacher = self.model.train_teacher
         # Lightning counts every optimizer.step() in global_step, so one URD iteration is 2 global steps (1 with a
-        # frozen teacher); train.py scales max_steps and checkpoint intervals by this, `iteration` undoes it.
+        # frozen teacher); setup() scales max_steps, train.py the checkpoint interval, `iteration` undoes it.
         self.steps_per_iteration = 2 if self.train_teacher else 1
         self.test_metrics = AnomalyMetrics()
         self.val_metrics = AnomalyMetrics()  # periodic evaluations (on the test set, labelled as such)
@@ -90,6 +91,11 @@ class URDModule(LightningModule):
             return [student]
         teacher = torch.optim.Adam(self.model.teacher_parameters(), lr=self.hparams.lr_teacher, betas=betas)
         return [teacher, student]
+
+    @override
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # max_steps in iterations, DDP and sampler settings (a stock Trainer too)
+            check_trainer(self.trainer, self.steps_per_iteration)
 
     @override
     def on_fit_start(self) -> None:
@@ -243,6 +249,9 @@ class URDModule(LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a stock Trainer's sanity check is no evaluation of the run
+            self.val_metrics.reset()
+            return
         values = {k: float(v) for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
         self.periodic.append({"step": self.iteration, **values})

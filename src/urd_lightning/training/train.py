@@ -68,8 +68,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     logger = build_logger(cfg, run_dir)
     every = int(cfg.eval.every_n_steps)
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
-    kwargs = trainer_kwargs(cfg)
-    kwargs["max_steps"] = cfg.trainer.max_steps * per_iteration
+    kwargs = trainer_kwargs(cfg)  # max_steps in URD iterations: URDModule.setup scales it to optimizer steps
     show_progress = kwargs.pop("enable_progress_bar")  # our bar counts URD iterations over the whole run
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
