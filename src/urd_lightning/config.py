@@ -72,6 +72,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: str | None = None
     max_steps: int = 5000
+    max_time: str | None = None
     sync_batchnorm: bool = False
     deterministic: Any = False
     log_every_n_steps: int = 50
@@ -104,6 +105,7 @@ class WandbConfig:
     entity: str | None = None
     mode: str | None = None
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 20.0
 
 
 @dataclass
@@ -217,6 +219,7 @@ def run_name(cfg: DictConfig) -> str:
     assert isinstance(plain, dict)
     for volatile in ("run", "resume", "ckpt", "output_dir"):
         plain.pop(volatile, None)
+    plain["trainer"].pop("max_time", None)  # a resubmitted job with another time limit continues the same run
     digest = hashlib.sha1(repr(sorted(_flatten(plain).items())).encode()).hexdigest()[:8]
     return f"{cfg.model.injection}-s{cfg.seed}-{digest}"
 

@@ -123,3 +123,20 @@ def test_test_command_reproduces_final_metrics(mvtec_root, tmp_path):
                                 "trainer.accelerator=cpu", "data.cache_dir=" + str(tmp_path / "cache")]) == 0
     again = json.loads((run_dir_of(cfg) / "test_metrics.json").read_text())["final"]
     assert again == pytest.approx(metrics, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_wandb_key_without_network_logs_offline_after_a_bounded_wait(tmp_path, monkeypatch):
+    """Compute nodes: a configured key, no server. The run must stay a W&B run (offline, syncable), not CSV."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from urd_lightning.training.loggers import build_logger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: connection refused
+    cfg = load_config(["wandb.init_timeout=3", f"output_dir={tmp_path}"])
+    logger = build_logger(cfg, tmp_path)
+    assert isinstance(logger, WandbLogger) and logger.experiment.settings.mode == "offline"
+    logger.experiment.finish()
+    assert list(tmp_path.glob("wandb/offline-run-*"))

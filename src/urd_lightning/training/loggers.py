@@ -88,18 +88,37 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | bool:
     if mode == "offline":
         log.info("W&B: not logged in (or offline) - logging offline under %s/wandb; upload later with `wandb sync`.",
                  run_dir)
-    try:
-        logger = WandbLogger(
-            project=cfg.wandb.project, entity=cfg.wandb.entity, name=f"{cfg.dataset}/{cfg.data.category}/{cfg.run}",
-            id=_wandb_id(cfg), save_dir=str(run_dir), mode=mode, tags=list(cfg.wandb.tags) + [cfg.dataset],
-            group=f"{cfg.dataset}-{cfg.model.injection}", job_type="train", resume="allow",
-        )
-        _ = logger.experiment  # start the run now (rank zero), so a W&B failure surfaces here, not mid-training
-        logger.log_hyperparams(_plain(cfg))
-        return logger
-    except Exception as exc:  # noqa: BLE001 - any W&B failure must fall back, never stop training
-        log.warning("W&B could not start (%s: %s); logging to CSV under %s instead.", type(exc).__name__, exc, run_dir)
-        return csv
+    for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+        try:
+            logger = _wandb_logger(cfg, run_dir, attempt)
+            _ = logger.experiment  # start the run now (rank zero), so a W&B failure surfaces here, not mid-training
+            logger.log_hyperparams(_plain(cfg))
+            return logger
+        except Exception as exc:  # noqa: BLE001 - any W&B failure must fall back, never stop training
+            if attempt == "online":
+                # A key but no network (compute nodes): still a W&B run, offline, that `wandb sync` uploads later.
+                log.warning("W&B could not start online within wandb.init_timeout=%ss (%s); logging offline under "
+                            "%s/wandb instead (upload later with `wandb sync`).", cfg.wandb.init_timeout,
+                            type(exc).__name__, run_dir)
+                import wandb  # deferred as in _wandb_logger
+
+                wandb.teardown()  # the failed attempt still holds the run id in W&B's service process
+                continue
+            log.warning("W&B could not start (%s: %s); logging to CSV under %s instead.", type(exc).__name__, exc,
+                        run_dir)
+    return csv
+
+
+def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str) -> WandbLogger:
+    import wandb  # deferred: only W&B runs pay for its import
+
+    # init_timeout bounds the wait for the server: a configured key without network otherwise stalls ~100 s.
+    settings = wandb.Settings(init_timeout=float(cfg.wandb.init_timeout))
+    return WandbLogger(
+        project=cfg.wandb.project, entity=cfg.wandb.entity, name=f"{cfg.dataset}/{cfg.data.category}/{cfg.run}",
+        id=_wandb_id(cfg), save_dir=str(run_dir), mode=mode, tags=list(cfg.wandb.tags) + [cfg.dataset],
+        group=f"{cfg.dataset}-{cfg.model.injection}", job_type="train", resume="allow", settings=settings,
+    )
 
 
 def _wandb_id(cfg: DictConfig) -> str:

@@ -17,31 +17,22 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from urd_lightning.config import load_config, to_yaml
-from urd_lightning.errors import CheckpointError
 from urd_lightning.training.builders import build_datamodule, build_module, run_dir_of, trainer_kwargs
 from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
 from urd_lightning.training.loggers import build_logger, setup_console_logging
+from urd_lightning.training.preemption import Requeue, resume_path
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
 
 log = logging.getLogger("urd_lightning")
-def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    if not cfg.resume:
-        return None
-    path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
-    if not path.is_file():
-        raise CheckpointError(f"resume={cfg.resume}: {path} does not exist; train without resume= first")
-    return str(path)
-
-
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
     """Train and evaluate one (dataset, category); returns the final metrics (and ``oracle/<metric>`` if any).
 
@@ -51,13 +42,15 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
 
     Returns:
         ``{metric: value}`` of the final-iteration evaluation, plus ``oracle/<metric>`` when periodic test-set
-        evaluation ran.
+        evaluation ran; empty when a SLURM preemption stopped training (the job was requeued).
     """
     setup_console_logging()
     # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, urd-method.md §3.3).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
+    # A preempted run's checkpoint cuts an epoch; URDModule.on_train_start continues that epoch's order exactly.
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     run_dir = run_dir_of(cfg)
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # as the authors set them
@@ -70,24 +63,33 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
     kwargs = trainer_kwargs(cfg)  # max_steps in URD iterations: URDModule.setup scales it to optimizer steps
     show_progress = kwargs.pop("enable_progress_bar")  # our bar counts URD iterations over the whole run
+    # The run folder is this run's: last.ckpt is always rewritten, never versioned to last-v1.ckpt (which happens
+    # when a run resumes from a preemption checkpoint older than the last.ckpt the preempted job wrote).
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 enable_version_counter=False,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
+    slurm = SLURMEnvironment.detect()
+    # Under SLURM our Requeue callback, not Lightning's signal handler, checkpoints and requeues (preemption.py).
+    requeue = Requeue(run_dir) if slurm else None
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection}
     results = ResultsWriter(run_dir, meta, logger)
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
         callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
-                   *([IterationProgress()] if show_progress else []), *(callbacks or [])],
+                   *([IterationProgress()] if show_progress else []), *([requeue] if requeue else []),
+                   *(callbacks or [])],
         enable_progress_bar=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if slurm else [])],
         use_distributed_sampler=False,  # the data module shards itself (no padded duplicates in evaluation)
         num_sanity_val_steps=0, enable_model_summary=False,
         # Periodic evaluation uses the TEST set (the data module's val loader), for curves and "oracle" numbers.
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, run_dir))
+    if requeue is not None and requeue.preempted:
+        return {}  # the requeued job resumes (resume=auto) and evaluates at the end
     trainer.test(module, datamodule=datamodule, verbose=False)
     # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
     payload = json.loads((run_dir / "metrics.json").read_text())
