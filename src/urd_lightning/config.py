@@ -51,7 +51,7 @@ class DataConfig:
     synthesis: bool = True
     dtd_root: str | None = None
     foreground: str = "auto"
-    seed: int = 111
+    seed: int | None = None
     cache_dir: str = ".cache/urd/foreground"
     augment: bool = False
     check: bool = True
@@ -106,6 +106,7 @@ class WandbConfig:
     mode: str | None = None
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 20.0
+    log_model: bool = False
 
 
 @dataclass
@@ -288,6 +289,8 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     if not cfg.model.expert and cfg.model.train_teacher:
         # Without the expert there is nothing to train the teacher against (design.md, models).
         cfg.model.train_teacher = False
+    if cfg.data.seed is None:  # the data follow the run's seed, as the authors' one setup_seed(111) does
+        cfg.data.seed = int(cfg.seed)
     cfg.run = run_name(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg

@@ -186,7 +186,8 @@ class URDModule(LightningModule):
         logged["train/loss_student"] = loss_s.detach()
         bar = {k: logged.pop(k) for k in ("train/loss_teacher", "train/loss_student") if k in logged}
         self.log_dict(bar, prog_bar=True, batch_size=x.shape[0])
-        self.log_dict(logged, batch_size=x.shape[0])
+        # "iteration" is the W&B x-axis of every logged value (loggers.py); global_step counts both optimizers.
+        self.log_dict({**logged, "iteration": float(self.iteration)}, batch_size=x.shape[0])
 
     # ---- evaluation -----------------------------------------------------------------------------------------
     def _pick_samples(self, dataloaders: Any) -> None:
@@ -265,7 +266,8 @@ class URDModule(LightningModule):
         self.val_metrics.reset()
         self.periodic.append({"step": self.iteration, **values})
         # Labelled as test-set numbers: these evaluations use the test set, only for curves and "oracle" numbers.
-        self.log_dict({f"periodic_test/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=True)
+        self.log_dict({**{f"periodic_test/{k}": v for k, v in values.items()}, "iteration": float(self.iteration)},
+                      sync_dist=False, rank_zero_only=True)
 
     @override
     def on_test_epoch_end(self) -> None:
@@ -277,7 +279,8 @@ class URDModule(LightningModule):
         self.curves = {k: _decimate(v[0], v[1]) for k, v in self.test_metrics.curves().items()}
         self.test_metrics.reset()
         self.score_stats = self._score_stats()
-        self.log_dict({f"test/{k}": v for k, v in self.final.items()}, rank_zero_only=True)
+        self.log_dict({**{f"test/{k}": v for k, v in self.final.items()}, "iteration": float(self.iteration)},
+                      rank_zero_only=True)
 
     def oracle(self) -> dict[str, float] | None:
         """Best periodic test-set evaluation by the authors' selection sum, or None when none ran."""

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.training.builders import build_datamodule, build_module, run_dir_of, trainer_kwargs
 from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine, IterationProgress, PicturePanels
-from urd_lightning.training.loggers import build_logger, setup_console_logging
+from urd_lightning.training.loggers import build_logger, finish, setup_console_logging
 from urd_lightning.training.preemption import Requeue, resume_path
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
 
@@ -58,7 +58,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     module = build_module(cfg)
     if rank_zero_only.rank == 0:
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    logger = build_logger(cfg, run_dir)
+    ckpt_path = resume_path(cfg.resume, run_dir)
+    logger = build_logger(cfg, run_dir, resuming=ckpt_path is not None)  # a new attempt gets a new W&B run
     every = int(cfg.eval.every_n_steps)
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
     kwargs = trainer_kwargs(cfg)  # max_steps in URD iterations: URDModule.setup scales it to optimizer steps
@@ -73,7 +74,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     # Under SLURM our Requeue callback, not Lightning's signal handler, checkpoints and requeues (preemption.py).
     requeue = Requeue(run_dir) if slurm else None
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection}
-    results = ResultsWriter(run_dir, meta, logger)
+    results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
         callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
@@ -87,10 +88,12 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if requeue is not None and requeue.preempted:
+        finish(logger)
         return {}  # the requeued job resumes (resume=auto) and evaluates at the end
     trainer.test(module, datamodule=datamodule, verbose=False)
+    finish(logger)
     # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
     payload = json.loads((run_dir / "metrics.json").read_text())
     result = {k: float(v) for k, v in payload["final"].items()}
