@@ -134,7 +134,7 @@ class Config:
 
 RAW_STRING_KEYS = ("dataset", "experiment", "run", "data.category")
 CHOICES = {
-    "logger": ("wandb", "csv", "none"),
+    "logger": ("wandb", "tensorboard", "csv", "none"),
     "loss_variant": ("head", "first_commit"),
     "model.injection": ("concat", "gii", "none"),
 }

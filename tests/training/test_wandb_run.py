@@ -49,3 +49,15 @@ def test_a_new_attempt_gets_a_new_wandb_run_and_only_a_resume_continues_it(tmp_p
     assert _wandb_id(tmp_path, resuming=True) == first  # resume=..., a requeued SLURM job
     second = _wandb_id(tmp_path, resuming=False)  # rerunning a finished config
     assert second != first and _wandb_id(tmp_path, resuming=True) == second
+
+
+def test_tensorboard_is_a_logger_choice(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from urd_lightning.training.loggers import build_logger
+
+    logger = build_logger(load_config(["logger=tensorboard"]), tmp_path)
+    assert isinstance(logger, TensorBoardLogger)
+    logger.log_metrics({"train/loss_student": 1.0}, step=1)
+    logger.finalize("success")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,4 +1,4 @@
-"""Console logging and the experiment logger (W&B, CSV or none).
+"""Console logging and the experiment logger (W&B, TensorBoard, CSV or none).
 
 W&B runs through Lightning's ``WandbLogger``: online when the user is logged in, otherwise offline with a one-line
 notice (``wandb sync`` uploads the run later). A W&B problem never kills a training run: if the logger cannot
@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -72,7 +72,7 @@ def wandb_mode(cfg: DictConfig) -> str:
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logger | bool:
-    """The experiment logger named by ``cfg.logger`` (``wandb``, ``csv`` or ``none``).
+    """The experiment logger named by ``cfg.logger`` (``wandb``, ``tensorboard``, ``csv`` or ``none``).
 
     Args:
         cfg: the resolved config (its ``wandb`` block is used for W&B).
@@ -88,6 +88,8 @@ def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logg
     csv = CSVLogger(save_dir=str(run_dir), name="logs", version="")
     if cfg.logger == "csv":
         return csv
+    if cfg.logger == "tensorboard":  # for clusters without W&B: `tensorboard --logdir <run>/tensorboard`
+        return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     mode = wandb_mode(cfg)
     if mode == "offline":
         log.info("W&B: not logged in (or offline) - logging offline under %s/wandb; upload later with `wandb sync`.",
