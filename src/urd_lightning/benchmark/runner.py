@@ -46,7 +46,7 @@ VOLATILE_KEYS = (
     "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
     "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
+    "trainer.log_every_n_steps", "trainer.max_time", "runtime",
 )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.training.builders import build_datamodule, build_module, run_dir_of, trainer_kwargs
@@ -31,6 +31,7 @@ from urd_lightning.training.callbacks import AtomicCheckpointIO, EvaluationLine,
 from urd_lightning.training.loggers import build_logger, finish, setup_console_logging
 from urd_lightning.training.preemption import Requeue, resume_path
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
+from urd_lightning.training.runtime import runtime_info
 
 log = logging.getLogger("urd_lightning")
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
@@ -56,8 +57,6 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # as the authors set them
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    if rank_zero_only.rank == 0:
-        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     ckpt_path = resume_path(cfg.resume, run_dir)
     logger = build_logger(cfg, run_dir, resuming=ckpt_path is not None)  # a new attempt gets a new W&B run
     every = int(cfg.eval.every_n_steps)
@@ -88,6 +87,12 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
+    runtime = runtime_info(trainer, module.hparams.channels_last)  # what the config's nulls resolved to
+    results.meta["runtime"] = runtime
+    if rank_zero_only.rank == 0:
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
+    if logger:
+        logger.log_hyperparams({"runtime": runtime})
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if requeue is not None and requeue.preempted:
         finish(logger)
