@@ -4,9 +4,9 @@ Every way of training runs this one path (the lightning-hydra-template's thin en
 
     python -m urd_lightning train                                       # embedded demo dataset, CPU minutes
     python -m urd_lightning train dataset=mvtec data.category=cable      # the authors' 10000 iterations
-    make train DATASET=visa CATEGORY=pcb1 ARGS="trainer.devices=4 trainer.strategy=ddp"
+    make train DATASET=visa CATEGORY=pcb1 ARGS="trainer.devices=4"     # >1 process: DDP (builders.py)
     wandb agent <sweep>            # the sweep's command ends with ${args_no_hyphens} (key=value pairs)
-    srun python -m urd_lightning train ...                               # experiments/slurm/train.sbatch
+    srun python -m urd_lightning train resume=auto ...                   # experiments/slurm/train.sbatch
     python -m urd_lightning test ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt
 
 One (dataset, category) per run; results go to ``<output_dir>/<dataset>/<category>/<run>/`` (docs/design.md).
