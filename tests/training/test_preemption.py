@@ -57,8 +57,8 @@ def weights(run_dir):
 def test_sigusr1_checkpoints_requeues_and_the_requeued_job_matches_an_uninterrupted_run(mvtec_root, tmp_path,
                                                                                           monkeypatch):
     # 6 train images, batch 2: 3 iterations per epoch, so the preemption (after iteration 2) cuts an epoch.
-    args = tiny(mvtec_root, tmp_path / "slurm", "trainer.max_steps=5", "resume=auto")
-    whole = load_config(tiny(mvtec_root, tmp_path / "whole", "trainer.max_steps=5"))
+    args = tiny(mvtec_root, tmp_path / "slurm", "trainer.max_steps=3", "resume=auto")
+    whole = load_config(tiny(mvtec_root, tmp_path / "whole", "trainer.max_steps=3"))
     train(whole)
     log = fake_scontrol(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
