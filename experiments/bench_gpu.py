@@ -152,7 +152,7 @@ def fit_timed(template: URDModule, mode: str, args: argparse.Namespace, device: 
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(accelerator=device.type, devices=1, precision=s["precision"],
                       deterministic=s["torch_deterministic"],
-                      benchmark=s["benchmark"], max_steps=(args.warmup + args.iters) * module.steps_per_iteration,
+                      benchmark=s["benchmark"], max_steps=args.warmup + args.iters,  # URD iterations (URDModule scales)
                       max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
     if loader is None and datamodule is None:

@@ -41,7 +41,7 @@ def run_once(module: URDModule, mode: str, args: argparse.Namespace, device: tor
     timer = IterationTimer(device, args.warmup, args.iters, cap_s=float("inf"))
     trainer = Trainer(accelerator=device.type, devices=1, precision=s["precision"],
                       deterministic=s["torch_deterministic"],
-                      benchmark=s["benchmark"], max_steps=(args.warmup + args.iters) * module.steps_per_iteration,
+                      benchmark=s["benchmark"], max_steps=args.warmup + args.iters,  # URD iterations (URDModule scales)
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[timer])
     batches = DeviceBatches(random_batch(args.batch, args.size, device), args.warmup + args.iters)

@@ -68,8 +68,8 @@ def test_unknown_dataset_and_experiment_and_choice():
         load_config(["dataset=nope"])
     with pytest.raises(ConfigError, match="paper"):
         load_config(["experiment=nope"])
-    with pytest.raises(ConfigError, match="wandb, csv, none"):
-        load_config(["logger=tensorboard"])
+    with pytest.raises(ConfigError, match="wandb, tensorboard, csv, none"):
+        load_config(["logger=mlflow"])
 
 
 def test_bad_type_and_malformed_argument():

@@ -41,6 +41,8 @@ def test_there_are_sweeps():
 def test_sweep_file_is_what_wandb_sweep_accepts(path: Path):
     sweep = yaml.safe_load(path.read_text())
     assert sweep["command"] == COMMAND
+    # `wandb agent <entity>/<project>/<id>` must name the project the runs log into.
+    assert sweep["project"] == load_config(["dataset=" + sweep["parameters"]["dataset"]["value"]]).wandb.project
     assert (path.parents[2] / sweep["program"]).is_file()
     assert sweep["method"] in {"grid", "random", "bayes"}
     stage, name = sweep["metric"]["name"].split("/")
@@ -75,3 +77,10 @@ def test_sampled_command_line_through_the_cli(path: Path, capsys: pytest.Capture
     assert cli_main(["print-config", *args_no_hyphens(sample)]) == 0
     out = capsys.readouterr().out
     assert f"category: {sample['data.category']}" in out
+
+
+def test_seed_sweep_varies_the_data_seed_too():
+    sweep = yaml.safe_load((SWEEPS[0].parent / "seeds_visa.yaml").read_text())
+    seeds = sweep["parameters"]["seed"]["values"]
+    data_seeds = {load_config(args_no_hyphens({"dataset": "visa", "seed": s})).data.seed for s in seeds}
+    assert data_seeds == set(seeds)  # shuffle and synthesis change with the seed, not only the initial weights

@@ -58,7 +58,7 @@ class DataConfig:
     textures: str = "auto"
     dtd_root: str | None = None
     foreground: str = "auto"
-    seed: int = 111
+    seed: int | None = None
     cache_dir: str = ".cache/urd/foreground"
     pixel_cache_dir: str | None = ".cache/urd/pixels"
     augment: bool = False
@@ -81,6 +81,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: str | None = None
     max_steps: int = 5000
+    max_time: str | None = None
     sync_batchnorm: bool = False
     deterministic: Any = False
     log_every_n_steps: int = 50
@@ -113,6 +114,8 @@ class WandbConfig:
     entity: str | None = None
     mode: str | None = None
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 20.0
+    log_model: bool = False
 
 
 @dataclass
@@ -143,7 +146,7 @@ class Config:
 
 RAW_STRING_KEYS = ("dataset", "experiment", "run", "data.category", "config_dir")
 CHOICES = {
-    "logger": ("wandb", "csv", "none"),
+    "logger": ("wandb", "tensorboard", "csv", "none"),
     "loss_variant": ("head", "first_commit"),
     "model.injection": ("concat", "gii", "none"),
     "data.resize": ("pil", "cv2"),
@@ -232,6 +235,7 @@ def run_name(cfg: DictConfig) -> str:
     assert isinstance(plain, dict)
     for volatile in ("run", "resume", "ckpt", "output_dir", "config_dir"):
         plain.pop(volatile, None)
+    plain["trainer"].pop("max_time", None)  # a resubmitted job with another time limit continues the same run
     digest = hashlib.sha1(repr(sorted(_flatten(plain).items())).encode()).hexdigest()[:8]
     return f"{cfg.model.injection}-s{cfg.seed}-{digest}"
 
@@ -306,6 +310,8 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     if not cfg.model.expert and cfg.model.train_teacher:
         # Without the expert there is nothing to train the teacher against (design.md, models).
         cfg.model.train_teacher = False
+    if cfg.data.seed is None:  # the data follow the run's seed, as the authors' one setup_seed(111) does
+        cfg.data.seed = int(cfg.seed)
     check_ranges(cfg)  # numeric keys within their ranges, before anything is built or written (ranges.py)
     # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity (issue 13).
     cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)

@@ -260,7 +260,10 @@ def test_multinode_script_builds_a_valid_ddp_config(tmp_path: Path):
     import shlex
     import subprocess
 
+    from lightning.pytorch.strategies import DDPStrategy
+
     from urd_lightning.config import load_config
+    from urd_lightning.training.builders import trainer_kwargs
 
     fake_srun = tmp_path / "srun"
     fake_srun.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {shlex.quote(str(tmp_path / "argv"))}\n')
@@ -273,7 +276,10 @@ def test_multinode_script_builds_a_valid_ddp_config(tmp_path: Path):
     assert argv[1:4] == ["-m", "urd_lightning", "train"]
     cfg = load_config(argv[4:])
     assert (cfg.dataset, cfg.data.category, cfg.model.injection) == ("visa", "pcb1", "gii")
-    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.resume) == (2, 4, "auto")
+    # No strategy key: 8 processes get DDP with find_unused_parameters=True (training/builders.py).
+    strategy = trainer_kwargs(cfg)["strategy"]
+    assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["find_unused_parameters"] is True
 
 
 def readme_commands(module_command: str) -> list[list[str]]:

@@ -102,7 +102,7 @@ def test_one_iteration_equals_the_functional_reference(injection):
     reference = copy.deepcopy(module.model)
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     data = batch()
-    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,  # 1 URD iteration
                       enable_progress_bar=False, enable_model_summary=False)
     samples = [{k: v[i] for k, v in data.items()} for i in range(2)]
     trainer.fit(module, train_dataloaders=DataLoader(samples, batch_size=2))

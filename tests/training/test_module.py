@@ -22,7 +22,7 @@ def batches(n=4):
 
 
 def fit(module, iterations=1):
-    trainer = Trainer(accelerator="cpu", max_steps=iterations * module.steps_per_iteration, logger=False,
+    trainer = Trainer(accelerator="cpu", max_steps=iterations, logger=False,  # iterations: URDModule scales it
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, train_dataloaders=DataLoader(batches(), batch_size=2))
     return trainer

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from urd_lightning.benchmark.records import read_run
 from urd_lightning.config import load_config
 from urd_lightning.errors import DataError
 from urd_lightning.training.builders import run_dir_of
@@ -38,6 +39,13 @@ def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):
                                     "batched_eval_forwards": True}
     assert payload["texture_source"] == cfg.data.textures in ("dtd", "procedural")  # issue 13: said where read
     assert (run / "config.yaml").is_file() and (run / "roc_curve.png").is_file() and (run / "pro_curve.png").is_file()
+    # How it ran, effective values (the config's precision/channels_last are null = "pick for the hardware").
+    runtime = payload["runtime"]
+    assert (runtime["precision"], runtime["channels_last"], runtime["accelerator"]) == ("32-true", False, "cpu")
+    assert (runtime["processes"], runtime["devices_per_node"], runtime["strategy"]) == (1, 1, "single_device")
+    assert runtime["version"] and all(runtime["versions"][p] for p in ("torch", "lightning", "timm"))
+    assert runtime["git_commit"] is None or len(runtime["git_commit"].split("+")[0]) == 40
+    assert read_run(run).config["runtime.precision"] == "32-true"  # a results.csv column (config.runtime.*)
     assert len(list((run / "images").glob("*.png"))) == 2
     # The checkpoint names no Python class (no module path of this package): it survives moving code around.
     assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "checkpoints" / "last.ckpt") == []
@@ -127,3 +135,20 @@ def test_test_command_reproduces_final_metrics(mvtec_root, tmp_path):
                                 "trainer.accelerator=cpu", "data.cache_dir=" + str(tmp_path / "cache")]) == 0
     again = json.loads((run_dir_of(cfg) / "test_metrics.json").read_text())["final"]
     assert again == pytest.approx(metrics, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_wandb_key_without_network_logs_offline_after_a_bounded_wait(tmp_path, monkeypatch):
+    """Compute nodes: a configured key, no server. The run must stay a W&B run (offline, syncable), not CSV."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from urd_lightning.training.loggers import build_logger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: connection refused
+    cfg = load_config(["wandb.init_timeout=3", f"output_dir={tmp_path}"])
+    logger = build_logger(cfg, tmp_path)
+    assert isinstance(logger, WandbLogger) and logger.experiment.settings.mode == "offline"
+    logger.experiment.finish()
+    assert list(tmp_path.glob("wandb/offline-run-*"))

@@ -30,7 +30,7 @@ def one_iteration(dtype=torch.float32, size=SIZE, **options):
     """A module after one training iteration on a batch of 4, and the losses it logged."""
     torch.manual_seed(0)
     module = URDModule(model={"backbone": "resnet18", "pretrained": False}, image_size=size, **options)
-    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,  # 1 URD iteration
                       enable_progress_bar=False, enable_model_summary=False,
                       precision="64-true" if dtype == torch.float64 else "32-true")
     trainer.fit(module, train_dataloaders=DataLoader(batches(size=size), batch_size=4))

@@ -47,7 +47,7 @@ VOLATILE_KEYS = (
     "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
     "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
+    "trainer.log_every_n_steps", "trainer.max_time", "runtime",
     "data.pixel_cache_dir",  # where decoded pixels are cached: identical results with or without the cache
     "batched_eval_forwards", "compile",  # how fast, not what is computed
 )  # fmt: skip

@@ -154,6 +154,15 @@ class AnomalyDataModule(L.LightningDataModule):
         if self._train_sampler is not None:
             self._train_sampler.set_epoch(epoch)
 
+    def resume_mid_epoch(self, batches_done: int) -> None:
+        """Continue the current epoch after its first ``batches_done`` batches (a resume from a mid-epoch checkpoint).
+
+        Lightning restarts a plain DataLoader from the epoch's first batch; skipping what was trained keeps a resumed
+        run identical to an uninterrupted one (the order and the synthesis depend only on seed, epoch and sample).
+        """
+        if self._train_sampler is not None:
+            self._train_sampler.skip_next(batches_done * self.train_batch_size)
+
     def _loader(self, dataset: AnomalyDataset | None, batch_size: int, sampler: Any) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")

@@ -126,10 +126,15 @@ class TrainSampler(Sampler[tuple[int, int]]):
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.num_samples = -(-size // world_size)
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation (and the synthesis seeds) of ``epoch``."""
         self.epoch = epoch
+
+    def skip_next(self, samples: int) -> None:
+        """Leave out the first ``samples`` of the next pass only: a mid-epoch resume continues the epoch's order."""
+        self.skip = samples
 
     def __len__(self) -> int:
         return self.num_samples
@@ -142,7 +147,8 @@ class TrainSampler(Sampler[tuple[int, int]]):
             order = list(range(self.size))
         total = self.num_samples * self.world_size
         order = (order * (-(-total // max(len(order), 1))))[:total]  # pad: equal step counts on every rank
-        return iter([(self.epoch, i) for i in order[self.rank:total:self.world_size]])
+        skip, self.skip = self.skip, 0
+        return iter([(self.epoch, i) for i in order[self.rank:total:self.world_size][skip:]])
 
 
 class ShardSampler(Sampler[int]):

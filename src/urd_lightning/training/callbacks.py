@@ -141,7 +141,7 @@ class PicturePanels(Callback):
             images.append((sample, target))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                _log_wandb_images(logger, images, tag, trainer.global_step)
+                _log_wandb_images(logger, images, int(getattr(pl_module, "iteration", trainer.global_step)))
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -153,8 +153,12 @@ class PicturePanels(Callback):
         self._draw(trainer, pl_module, "final")
 
 
-def _log_wandb_images(logger: WandbLogger, images: list[tuple[dict[str, Any], Path]], tag: str, step: int) -> None:
-    """Panels plus the raw image with the ground-truth mask overlay; a W&B problem never stops training."""
+def _log_wandb_images(logger: WandbLogger, images: list[tuple[dict[str, Any], Path]], iteration: int) -> None:
+    """Panels plus the raw image with the ground-truth mask overlay; a W&B problem never stops training.
+
+    Always under the keys ``panels`` and ``masks`` at the URD iteration, so W&B's step slider walks through the
+    evaluations (a key per evaluation would make a new panel each time).
+    """
     try:
         import wandb
 
@@ -165,7 +169,7 @@ def _log_wandb_images(logger: WandbLogger, images: list[tuple[dict[str, Any], Pa
             overlays.append(wandb.Image(denormalize(sample["image"]).numpy(), caption=sample["defect_type"],
                                         masks={"ground_truth": {"mask_data": mask, "class_labels": {1: "defect"}}}))
         # Two keys: W&B wants images of one size per list (panels are wider than the images).
-        logger.experiment.log({f"panels/{tag}": panels, f"masks/{tag}": overlays, "trainer/global_step": step})
+        logger.experiment.log({"panels": panels, "masks": overlays, "iteration": iteration})
     except Exception as exc:  # noqa: BLE001 - logging must never kill a run
         log.warning("W&B image logging failed (%s); training continues.", exc)
 

@@ -1,4 +1,4 @@
-"""Console logging and the experiment logger (W&B, CSV or none).
+"""Console logging and the experiment logger (W&B, TensorBoard, CSV or none).
 
 W&B runs through Lightning's ``WandbLogger``: online when the user is logged in, otherwise offline with a one-line
 notice (``wandb sync`` uploads the run later). A W&B problem never kills a training run: if the logger cannot
@@ -12,10 +12,11 @@ import importlib.util
 import logging
 import netrc
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from urd_lightning.errors import ConfigError
 
 log = logging.getLogger("urd_lightning")
+WANDB_ID_FILE = "wandb_run_id.txt"  # the W&B run of this run folder's current training attempt
 
 
 class _LightningNoise(logging.Filter):
@@ -75,19 +77,26 @@ def wandb_mode(cfg: DictConfig) -> str:
     return "online" if _wandb_logged_in() else "offline"
 
 
+# Optional logger packages (extras of the wheel; `make install` installs them): logger value -> (module, extra).
+LOGGER_PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard")}
+
+
 def require_logger_package(cfg: DictConfig) -> None:
-    """Stop before any work when ``logger=wandb`` but wandb (an optional extra) is not installed."""
-    if cfg.logger == "wandb" and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("logger=wandb needs the wandb package: pip install 'urd-lightning[wandb]' "
+    """Stop before any work when the chosen logger's package (an optional extra) is not installed."""
+    module, extra = LOGGER_PACKAGES.get(str(cfg.logger), (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ConfigError(f"logger={cfg.logger} needs the {module} package: pip install 'urd-lightning[{extra}]' "
                           "(or choose logger=csv or logger=none)")
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | bool:
-    """The experiment logger named by ``cfg.logger`` (``wandb``, ``csv`` or ``none``).
+def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logger | bool:
+    """The experiment logger named by ``cfg.logger`` (``wandb``, ``tensorboard``, ``csv`` or ``none``).
 
     Args:
         cfg: the resolved config (its ``wandb`` block is used for W&B).
         run_dir: the run's results folder; CSV and offline W&B files go below it.
+        resuming: training continues from a checkpoint (``resume=``, a requeued SLURM job): continue that attempt's
+            W&B run. Otherwise a new attempt gets a new W&B run.
 
     Returns:
         A Lightning logger, or ``False`` for no logger.
@@ -98,33 +107,108 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | bool:
     csv = HistoryCSVLogger(save_dir=str(run_dir), name="logs", version="")
     if cfg.logger == "csv":
         return csv
+    if cfg.logger == "tensorboard":  # for clusters without W&B: `tensorboard --logdir <run>/tensorboard`
+        return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     mode = wandb_mode(cfg)
     if mode == "offline":
         log.info("W&B: not logged in (or offline) - logging offline under %s/wandb; upload later with `wandb sync`.",
                  run_dir)
-    try:
-        logger = WandbLogger(
-            project=cfg.wandb.project, entity=cfg.wandb.entity, name=f"{cfg.dataset}/{cfg.data.category}/{cfg.run}",
-            id=_wandb_id(cfg), save_dir=str(run_dir), mode=mode, tags=list(cfg.wandb.tags) + [cfg.dataset],
-            group=f"{cfg.dataset}-{cfg.model.injection}", job_type="train", resume="allow",
-        )
-        _ = logger.experiment  # start the run now (rank zero), so a W&B failure surfaces here, not mid-training
-        logger.log_hyperparams(_plain(cfg))
-        return logger
-    except Exception as exc:  # noqa: BLE001 - any W&B failure must fall back, never stop training
-        log.warning("W&B could not start (%s: %s); logging to CSV under %s instead.", type(exc).__name__, exc, run_dir)
-        return csv
+    run_id = _wandb_id(run_dir, resuming)
+    for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+        try:
+            logger = _wandb_logger(cfg, run_dir, attempt, run_id)
+            _ = logger.experiment  # start the run now (rank zero), so a W&B failure surfaces here, not mid-training
+            if rank_zero_only.rank == 0:
+                # One x-axis for everything (losses, evaluations, images): the URD iteration, which the module logs
+                # with every value. Lightning's default axis, global_step, counts both optimizers' steps.
+                logger.experiment.define_metric("iteration")
+                logger.experiment.define_metric("*", step_metric="iteration", step_sync=True)
+            logger.log_hyperparams(_plain(cfg))
+            return logger
+        except Exception as exc:  # noqa: BLE001 - any W&B failure must fall back, never stop training
+            if attempt == "online":
+                # A key but no network (compute nodes): still a W&B run, offline, that `wandb sync` uploads later.
+                log.warning("W&B could not start online within wandb.init_timeout=%ss (%s); logging offline under "
+                            "%s/wandb instead (upload later with `wandb sync`).", cfg.wandb.init_timeout,
+                            type(exc).__name__, run_dir)
+                import wandb  # deferred as in _wandb_logger
+
+                wandb.teardown()  # the failed attempt still holds the run id in W&B's service process
+                continue
+            log.warning("W&B could not start (%s: %s); logging to CSV under %s instead.", type(exc).__name__, exc,
+                        run_dir)
+    return csv
 
 
-def _wandb_id(cfg: DictConfig) -> str:
-    # Deterministic, so a resumed run (or every DDP rank) addresses the same W&B run.
-    return f"{cfg.dataset}-{cfg.data.category}-{cfg.run}".replace("/", "-")[:120]
+def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str, run_id: str) -> WandbLogger:
+    import wandb  # deferred: only W&B runs pay for its import
+
+    # init_timeout bounds the wait for the server: a configured key without network otherwise stalls ~100 s.
+    settings = wandb.Settings(init_timeout=float(cfg.wandb.init_timeout))
+    return WandbLogger(
+        project=cfg.wandb.project, entity=cfg.wandb.entity, name=f"{cfg.dataset}/{cfg.data.category}/{cfg.run}",
+        id=run_id, save_dir=str(run_dir), mode=mode, tags=list(cfg.wandb.tags) + [cfg.dataset],
+        group=f"{cfg.dataset}-{cfg.model.injection}", job_type="train", resume="allow", settings=settings,
+    )
+
+
+def _wandb_id(run_dir: Path, resuming: bool) -> str:
+    """The W&B run id: the stored one when training resumes, else a new one (stored for a later resume).
+
+    A rerun of a finished config is a new attempt: it must neither append to the old W&B run nor be refused because
+    that run was deleted on the server. Only rank zero starts W&B, so only rank zero writes the file.
+    """
+    stored = run_dir / WANDB_ID_FILE
+    if resuming and stored.is_file() and stored.read_text().strip():
+        return stored.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stored.write_text(run_id + "\n")
+    return run_id
 
 
 def _plain(cfg: DictConfig) -> dict[str, Any]:
     out = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(out, dict)
     return out
+
+
+def log_final(logger: Logger | bool, final: dict[str, float], iteration: int, curves: list[Path],
+              checkpoint: Path | None) -> None:
+    """End of a run in W&B: the ROC/PRO curve plots, the final metrics as a table, the checkpoint as an artifact.
+
+    Args:
+        logger: the run's logger (anything but a ``WandbLogger`` is ignored).
+        final: the final metrics.
+        iteration: the URD iteration they belong to (the run's x-axis).
+        curves: the curve plots written by ``results.plot_curves``.
+        checkpoint: ``last.ckpt`` to upload as a model artifact (``wandb.log_model=true``), or None.
+    """
+    if not isinstance(logger, WandbLogger) or rank_zero_only.rank != 0:
+        return
+    try:
+        import wandb  # deferred as in _wandb_logger
+
+        run = logger.experiment
+        table = wandb.Table(columns=["metric", "value"], data=[[k, float(v)] for k, v in final.items()])
+        run.log({"final_metrics": table, **{f"curves/{p.stem}": wandb.Image(str(p)) for p in curves},
+                 "iteration": iteration})
+        if checkpoint is not None and checkpoint.is_file():
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"iteration": iteration, **final})
+            artifact.add_file(str(checkpoint), name="last.ckpt")
+            run.log_artifact(artifact, aliases=["latest"])
+    except Exception as exc:  # noqa: BLE001 - a W&B problem never kills a run
+        log.warning("W&B final logging failed (%s).", exc)
+
+
+def finish(logger: Logger | bool) -> None:
+    """End the W&B run (flushes it; a later ``train`` in this process must not log into it); never raises."""
+    if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+        try:
+            logger.experiment.finish()
+        except Exception as exc:  # noqa: BLE001 - a W&B problem never kills a run
+            log.warning("W&B finish failed (%s).", exc)
 
 
 def log_summary(logger: Logger | bool, values: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from urd_lightning.errors import URDError
 from urd_lightning.metrics import AnomalyMetrics
 from urd_lightning.models import URD
 from urd_lightning.models import losses as urd_losses
+from urd_lightning.training.trainer_checks import check_trainer
 
 # The authors select their reported ("max") numbers on the test set by these sums (urd-method.md §5):
 # pixel AUROC + AUPRO on MVTec, plus image AUROC on VisA. We only use them for the labelled "oracle" numbers.
@@ -69,7 +70,7 @@ class URDModule(LightningModule):
         self.model = URD(**model)
         self.train_teacher = self.model.train_teacher
         # Lightning counts every optimizer.step() in global_step, so one URD iteration is 2 global steps (1 with a
-        # frozen teacher); train.py scales max_steps and checkpoint intervals by this, `iteration` undoes it.
+        # frozen teacher); setup() scales max_steps, train.py the checkpoint interval, `iteration` undoes it.
         self.steps_per_iteration = 2 if self.train_teacher else 1
         self.test_metrics = AnomalyMetrics()
         self.val_metrics = AnomalyMetrics()  # periodic evaluations (on the test set, labelled as such)
@@ -103,6 +104,11 @@ class URDModule(LightningModule):
         return [teacher, student]
 
     @override
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # max_steps in iterations, DDP and sampler settings (a stock Trainer too)
+            check_trainer(self.trainer, self.steps_per_iteration)
+
+    @override
     def on_fit_start(self) -> None:
         # Weights are identical on every rank (same seed at build time, and DDP broadcasts rank 0's); from here on
         # each rank draws its own random numbers.
@@ -112,6 +118,15 @@ class URDModule(LightningModule):
         if self.hparams.compile and not self._compiled:
             self.model.compile_parts()
             self._compiled = True
+
+    @override
+    def on_train_start(self) -> None:
+        # After a resume from a mid-epoch checkpoint (a preempted SLURM job) continue that epoch where it stopped.
+        batches = self.trainer.num_training_batches
+        done = self.iteration - self.current_epoch * int(batches) if math.isfinite(batches) else 0
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if 0 < done < batches and hasattr(datamodule, "resume_mid_epoch"):
+            datamodule.resume_mid_epoch(done)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -195,7 +210,8 @@ class URDModule(LightningModule):
         logged["train/loss_student"] = loss_s.detach()
         bar = {k: logged.pop(k) for k in ("train/loss_teacher", "train/loss_student") if k in logged}
         self.log_dict(bar, prog_bar=True, batch_size=x.shape[0])
-        self.log_dict(logged, batch_size=x.shape[0])
+        # "iteration" is the W&B x-axis of every logged value (loggers.py); global_step counts both optimizers.
+        self.log_dict({**logged, "iteration": float(self.iteration)}, batch_size=x.shape[0])
 
     # ---- evaluation -----------------------------------------------------------------------------------------
     def _pick_samples(self, dataloaders: Any) -> None:
@@ -267,11 +283,15 @@ class URDModule(LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a stock Trainer's sanity check is no evaluation of the run
+            self.val_metrics.reset()
+            return
         values = {k: float(v) for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
         self.periodic.append({"step": self.iteration, **values})
         # Labelled as test-set numbers: these evaluations use the test set, only for curves and "oracle" numbers.
-        self.log_dict({f"periodic_test/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=True)
+        self.log_dict({**{f"periodic_test/{k}": v for k, v in values.items()}, "iteration": float(self.iteration)},
+                      sync_dist=False, rank_zero_only=True)
 
     @override
     def on_test_epoch_end(self) -> None:
@@ -283,7 +303,8 @@ class URDModule(LightningModule):
         self.curves = {k: _decimate(v[0], v[1]) for k, v in self.test_metrics.curves().items()}
         self.test_metrics.reset()
         self.score_stats = self._score_stats()
-        self.log_dict({f"test/{k}": v for k, v in self.final.items()}, rank_zero_only=True)
+        self.log_dict({**{f"test/{k}": v for k, v in self.final.items()}, "iteration": float(self.iteration)},
+                      rank_zero_only=True)
 
     def oracle(self) -> dict[str, float] | None:
         """Best periodic test-set evaluation by the authors' selection sum, or None when none ran."""

@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from urd_lightning.files import write_atomic, write_via
 from urd_lightning.training.callbacks import AtomicCheckpointIO
-from urd_lightning.training.loggers import log_summary
+from urd_lightning.training.loggers import log_final, log_summary
 
 TRAIN_STATE = "train_state.json"  # steps, training time and periodic evaluations, written at the end of training
 METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
@@ -115,8 +115,8 @@ class ResultsWriter(Callback):
     ``metrics.json``, the curve plots, the logger summary and the table; the other ranks wait for it.
     """
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any], logger: Any = None) -> None:
-        self.run_dir, self.meta, self.logger = Path(run_dir), dict(meta), logger
+    def __init__(self, run_dir: Path, meta: dict[str, Any], logger: Any = None, log_model: bool = False) -> None:
+        self.run_dir, self.meta, self.logger, self.log_model = Path(run_dir), dict(meta), logger, log_model
         self.durations: dict[str, float] = {"train_s": 0.0, "eval_s": 0.0}
         self._start = 0.0
 
@@ -169,7 +169,9 @@ class ResultsWriter(Callback):
             payload["oracle"] = oracle
             payload["periodic"] = pl_module.periodic
         write_metrics(self.run_dir, payload)
-        plot_curves(self.run_dir, pl_module.curves or {})
+        curves = plot_curves(self.run_dir, pl_module.curves or {})
+        log_final(self.logger, pl_module.final, payload["steps"], curves,
+                  self.run_dir / "checkpoints" / "last.ckpt" if self.log_model else None)
         log_summary(self.logger, {f"final/{k}": v for k, v in pl_module.final.items()}
                     | {f"oracle/{k}": v for k, v in (oracle or {}).items()} | self.durations)
         print(summary_table(payload, self.run_dir), flush=True)  # the user-facing result of `make train`

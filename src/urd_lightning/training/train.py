@@ -4,9 +4,9 @@ Every way of training runs this one path (the lightning-hydra-template's thin en
 
     python -m urd_lightning train                                       # embedded demo dataset, CPU minutes
     python -m urd_lightning train dataset=mvtec data.category=cable      # the authors' 10000 iterations
-    make train DATASET=visa CATEGORY=pcb1 ARGS="trainer.devices=4 trainer.strategy=ddp"
+    make train DATASET=visa CATEGORY=pcb1 ARGS="trainer.devices=4"     # >1 process: DDP (builders.py)
     wandb agent <sweep>            # the sweep's command ends with ${args_no_hyphens} (key=value pairs)
-    srun python -m urd_lightning train ...                               # experiments/slurm/train.sbatch
+    srun python -m urd_lightning train resume=auto ...                   # experiments/slurm/train.sbatch
     python -m urd_lightning test ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt
 
 One (dataset, category) per run; results go to ``<output_dir>/<dataset>/<category>/<run>/`` (docs/design.md).
@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.config import load_config, to_yaml
@@ -44,23 +45,23 @@ from urd_lightning.training.callbacks import (
     checkpoint_bytes,
     warn_if_disk_small,
 )
-from urd_lightning.training.loggers import build_logger, require_logger_package, setup_console_logging
+from urd_lightning.training.loggers import build_logger, finish, require_logger_package, setup_console_logging
+from urd_lightning.training.preemption import Requeue, resume_path
 from urd_lightning.training.results import ResultsWriter, write_text_atomic
+from urd_lightning.training.runtime import runtime_info
 
 log = logging.getLogger("urd_lightning")
-def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    if not cfg.resume:
-        return None
-    path = run_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
-    if not path.is_file():
-        raise CheckpointError(f"resume={cfg.resume}: {path} does not exist; train without resume= first")
-    # Read it safely (tensors mapped, not loaded) before Lightning does: a damaged, foreign or unsafe file stops
-    # here with one line instead of a traceback from inside fit().
-    checkpoint = load_checkpoint_file(path, mmap=True)
+
+
+def _check_resume_file(cfg: DictConfig, path: str) -> None:
+    """Read the checkpoint ``fit`` will continue from safely (tensors mapped, not loaded) before Lightning does.
+
+    A damaged, foreign or unsafe file stops here with one line instead of a traceback from inside fit().
+    """
+    checkpoint = load_checkpoint_file(Path(path), mmap=True)
     if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
                               "'urd_lightning' extras or loop state); give a last.ckpt that training wrote")
-    return str(path)
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
@@ -72,7 +73,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
 
     Returns:
         ``{metric: value}`` of the final-iteration evaluation, plus ``oracle/<metric>`` when periodic test-set
-        evaluation ran.
+        evaluation ran; empty when a SLURM preemption stopped training (the job was requeued).
     """
     setup_console_logging()
     require_logger_package(cfg)  # a missing optional logger package stops here, not after the data set-up
@@ -80,45 +81,63 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
+    # A preempted run's checkpoint cuts an epoch; URDModule.on_train_start continues that epoch's order exactly.
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     run_dir = run_dir_of(cfg)
     ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
-    resume = _resume_path(cfg, run_dir)  # a bad resume= file stops here, before anything is built or written
+    ckpt_path = resume_path(cfg.resume, run_dir)  # null, last, auto (SLURM requeue) or a path
+    if ckpt_path is not None:
+        _check_resume_file(cfg, ckpt_path)  # a bad resume= file stops here, before anything is built or written
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic = bool(cfg.trainer.deterministic)  # the authors' True with deterministic=true
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    if rank_zero_only.rank == 0:
-        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    logger = build_logger(cfg, run_dir)
+    logger = build_logger(cfg, run_dir, resuming=ckpt_path is not None)  # a new attempt gets a new W&B run
     every = int(cfg.eval.every_n_steps)
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
-    kwargs = trainer_kwargs(cfg)
-    kwargs["max_steps"] = cfg.trainer.max_steps * per_iteration
+    kwargs = trainer_kwargs(cfg)  # max_steps in URD iterations: URDModule.setup scales it to optimizer steps
     show_progress = kwargs.pop("enable_progress_bar")  # our bar counts URD iterations over the whole run
+    # The run folder is this run's: last.ckpt is always rewritten, never versioned to last-v1.ckpt (which happens
+    # when a run resumes from a preemption checkpoint older than the last.ckpt the preempted job wrote).
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 enable_version_counter=False,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
     checkpoint_io = AtomicCheckpointIO()
     if rank_zero_only.rank == 0:
         warn_if_disk_small(Path(cfg.output_dir), checkpoint_bytes(module))
+    slurm = SLURMEnvironment.detect()
+    # Under SLURM our Requeue callback, not Lightning's signal handler, checkpoints and requeues (preemption.py).
+    requeue = Requeue(run_dir) if slurm else None
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
             "execution": execution_record(cfg, kwargs, module),
             "texture_source": cfg.data.textures}  # dtd (the paper's) | procedural | none (no synthesis)
-    results = ResultsWriter(run_dir, meta, logger)
+    results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
         callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
-                   *([IterationProgress()] if show_progress else []), *(callbacks or [])],
+                   *([IterationProgress()] if show_progress else []), *([requeue] if requeue else []),
+                   *(callbacks or [])],
         enable_progress_bar=False,
-        plugins=[checkpoint_io],
+        plugins=[checkpoint_io, *([SLURMEnvironment(auto_requeue=False)] if slurm else [])],
         use_distributed_sampler=False,  # the data module shards itself (no padded duplicates in evaluation)
         num_sanity_val_steps=0, enable_model_summary=False,
         # Periodic evaluation uses the TEST set (the data module's val loader), for curves and "oracle" numbers.
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    runtime = runtime_info(trainer, module.hparams.channels_last)  # what the config's nulls resolved to
+    results.meta["runtime"] = runtime
+    if rank_zero_only.rank == 0:
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
+    if logger:
+        logger.log_hyperparams({"runtime": runtime})
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if requeue is not None and requeue.preempted:
+        finish(logger)
+        return {}  # the requeued job resumes (resume=auto) and evaluates at the end
     trainer.test(module, datamodule=datamodule, verbose=False)
+    finish(logger)
     if checkpoint_io.disk_full is not None:  # the results are written; now say that the checkpoint is not
         raise checkpoint_io.disk_full
     # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
