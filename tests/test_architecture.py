@@ -22,6 +22,7 @@ FORBIDDEN = {
     "training": ("deploy", "benchmark"),
     "deploy": ("training", "benchmark"),
     "config": ("models", "data", "metrics", "training", "deploy", "benchmark"),
+    "config_schema": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "config_files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "ranges": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),

@@ -24,12 +24,8 @@ from urd_lightning.errors import URDError
 from urd_lightning.metrics import AnomalyMetrics
 from urd_lightning.models import URD
 from urd_lightning.models import losses as urd_losses
+from urd_lightning.training.evaluation import best_periodic, decimate, score_stats
 from urd_lightning.training.trainer_checks import check_trainer
-
-# The authors select their reported ("max") numbers on the test set by these sums (urd-method.md §5):
-# pixel AUROC + AUPRO on MVTec, plus image AUROC on VisA. We only use them for the labelled "oracle" numbers.
-ORACLE_KEYS = ("pixel_AUROC", "pixel_AUPRO_per_image")
-ORACLE_KEYS_VISA = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO_per_image")
 
 
 class NonFiniteLossError(URDError):
@@ -268,18 +264,7 @@ class URDModule(LightningModule):
         self._eval_step(batch, self.test_metrics)
 
     def _score_stats(self) -> dict[str, float] | None:
-        if not self._eval_scores:
-            local = torch.tensor([math.inf, -math.inf, math.inf, -math.inf], device=self.device)
-        else:
-            stacked = torch.stack(self._eval_scores)
-            local = torch.cat([stacked[:, 0].min()[None], stacked[:, 1].max()[None],
-                               stacked[:, 2].min()[None], stacked[:, 3].max()[None]])
-        gathered = self.all_gather(local)
-        gathered = gathered.reshape(-1, 4)
-        stats = [gathered[:, 0].min(), gathered[:, 1].max(), gathered[:, 2].min(), gathered[:, 3].max()]
-        if not all(math.isfinite(float(v)) for v in stats):
-            return None
-        return dict(zip(("image_min", "image_max", "pixel_min", "pixel_max"), (float(v) for v in stats), strict=True))
+        return score_stats(self._eval_scores, self.device, self.all_gather)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -300,7 +285,7 @@ class URDModule(LightningModule):
         found = self.test_metrics.thresholds()
         # F1-optimal thresholds on the test set, labelled as such: inference has no other annotated set.
         self.thresholds = None if any(math.isnan(v) for v in found.values()) else {**found, "source": "test"}
-        self.curves = {k: _decimate(v[0], v[1]) for k, v in self.test_metrics.curves().items()}
+        self.curves = {k: decimate(v[0], v[1]) for k, v in self.test_metrics.curves().items()}
         self.test_metrics.reset()
         self.score_stats = self._score_stats()
         self.log_dict({**{f"test/{k}": v for k, v in self.final.items()}, "iteration": float(self.iteration)},
@@ -308,10 +293,7 @@ class URDModule(LightningModule):
 
     def oracle(self) -> dict[str, float] | None:
         """Best periodic test-set evaluation by the authors' selection sum, or None when none ran."""
-        if not self.periodic:
-            return None
-        keys = ORACLE_KEYS_VISA if self.hparams.dataset == "visa" else ORACLE_KEYS
-        return dict(max(self.periodic, key=lambda row: sum(row.get(k, 0.0) for k in keys)))
+        return best_periodic(self.periodic, str(self.hparams.dataset))
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     @override
@@ -329,10 +311,3 @@ class URDModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.periodic = list(checkpoint.get("urd_periodic", []))
 
-
-def _decimate(x: Tensor, y: Tensor, points: int = 2000) -> tuple[Tensor, Tensor]:
-    """At most ``points`` vertices of a curve (pixel curves have millions), keeping both ends, for plots."""
-    if x.numel() <= points:
-        return x, y
-    keep = torch.linspace(0, x.numel() - 1, points).round().long()
-    return x[keep], y[keep]
