@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "urd_lightning"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 OPTIONAL = {"wandb": ("wandb",), "export": ("onnx", "onnxruntime")}  # extra -> the import names it provides
+# Extras that Lightning imports, never this package: logger=tensorboard needs tensorboard for TensorBoardLogger.
+EXTRAS_FOR_LIGHTNING = {"tensorboard": ("tensorboard",)}
 # Pinned but never imported: timm needs a torchvision, and it must be the build matching the pinned torch.
 PINNED_NOT_IMPORTED = {"torchvision"}
 
@@ -82,11 +84,12 @@ def test_optional_packages_are_imported_only_inside_functions():
 
 def test_extras_are_declared_and_pinned_and_the_pins_match_the_declarations():
     extras = PROJECT["optional-dependencies"]
-    for extra, names in OPTIONAL.items():
+    every_extra = {**OPTIONAL, **EXTRAS_FOR_LIGHTNING}
+    for extra, names in every_extra.items():
         assert declared(extras[extra]) == {canonical(n) for n in names}
     pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
     assert all("==" in p for p in pins)
-    expected = declared(PROJECT["dependencies"]) | {canonical(n) for ns in OPTIONAL.values() for n in ns}
+    expected = declared(PROJECT["dependencies"]) | {canonical(n) for ns in every_extra.values() for n in ns}
     assert declared(pins) == expected | PINNED_NOT_IMPORTED
 
 
