@@ -112,3 +112,8 @@ def test_default_yaml_documents_every_key():
     undocumented = [line for line in keys if "#" not in line and not line.rstrip().endswith(":")]
     assert not undocumented, undocumented
     assert Path(CONFIG_DIR / "default.yaml").is_file()
+
+
+def test_zero_iterations_is_allowed_it_evaluates_the_untrained_network():
+    # README's "untrained" row: trainer.max_steps=0 trains nothing and evaluates; negative values are refused.
+    assert load_config(["dataset=demo", "trainer.max_steps=0"]).trainer.max_steps == 0

@@ -24,8 +24,8 @@ RANGES: dict[str, tuple[float, float | None, str]] = {
     "data.seed": (0, 2**32 - 1, "an integer in [0, 2^32-1] (numpy's seed range)"),
     "data.normal_split_ratio": (0, 1, "a fraction in [0, 1]"),
     "trainer.num_nodes": (1, None, "an integer >= 1"),
-    "trainer.max_steps": (1, None, "an integer >= 1, counted in URD iterations (each is one teacher and one "
-                                   "student update)"),
+    "trainer.max_steps": (0, None, "an integer >= 0, counted in URD iterations (each is one teacher and one "
+                                   "student update; 0 = evaluate the untrained network)"),
     "trainer.log_every_n_steps": (1, None, "an integer >= 1"),
     "optim.lr_teacher": (0, None, "a finite number > 0"),
     "optim.lr_student": (0, None, "a finite number > 0"),
