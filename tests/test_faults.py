@@ -165,6 +165,40 @@ def test_bad_checkpoints_are_one_line_for_every_command(mvtec_root, tmp_path, ca
     assert snapshot(tmp_path) == before and not out.exists()  # nothing ran, nothing written (no PWNED marker)
 
 
+def _bad_weights(kind: str, folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = folder / f"{kind}.safetensors"
+    if kind == "foreign":  # a valid safetensors file without urd-lightning's metadata
+        save_file({"weight": torch.zeros(1000)}, str(path))
+    elif kind == "truncated":
+        save_file({"model.w": torch.zeros(1000)}, str(folder / "whole"), metadata={"urd_lightning": "{}"})
+        data = (folder / "whole").read_bytes()
+        (folder / "whole").unlink()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return path
+
+
+WEIGHTS_EXPECTED = {"truncated": "not a readable safetensors", "random": "not a readable safetensors",
+                    "foreign": "not one of urd-lightning's"}
+
+
+@pytest.mark.parametrize("command", ["test", "predict", "export"])
+@pytest.mark.parametrize("kind", sorted(WEIGHTS_EXPECTED))
+def test_bad_weights_files_are_one_line_for_every_command(mvtec_root, tmp_path, capsys, command, kind):
+    weights = _bad_weights(kind, tmp_path)
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    argv = {"test": ["test", f"ckpt={weights}", f"data.root={mvtec_root}"],
+            "predict": ["predict", f"ckpt={weights}", f"input={mvtec_root}", f"output={out}"],
+            "export": ["export", f"ckpt={weights}", "format=weights", f"output={out / 'w.safetensors'}"]}[command]
+    code, line = run_cli(capsys, *argv)
+    assert code == 2 and str(weights) in line and WEIGHTS_EXPECTED[kind] in line
+    assert snapshot(tmp_path) == before and not out.exists()
+
+
 # --- raw tracebacks: a NaN before the first checkpoint, an interrupt mid-write, an unwritable output folder ----------
 
 @pytest.mark.slow  # trains

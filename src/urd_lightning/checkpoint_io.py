@@ -4,10 +4,16 @@
 that tell the user to allow arbitrary code. Here every failure becomes one :class:`CheckpointError` line that says
 which of three things is wrong: the file is not a checkpoint at all (random or foreign bytes), it is damaged
 (truncated zip), or it names Python objects that safe loading refuses (listed by name, found without running them).
+
+A weights-only file (``export format=weights``, issue 14) is a safetensors file: the inference weights (teacher
+and student, no expert, no optimizer or loop state) under their Lightning ``state_dict`` names, and the
+``urd_lightning`` extras as JSON in its string metadata. :func:`load_inference_file` reads either kind into the same
+``{"state_dict", "urd_lightning"}`` dict, so ``test`` and ``predict`` need no second code path.
 """
 
 from __future__ import annotations
 
+import json
 import pickletools
 import re
 import zipfile
@@ -15,8 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from urd_lightning.errors import CheckpointError
+from urd_lightning.files import write_via
+
+WEIGHTS_SUFFIX = ".safetensors"
+EXTRAS_KEY = "urd_lightning"  # the checkpoint entry (and safetensors metadata key) holding the extras
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -96,3 +108,62 @@ def load_checkpoint_file(path: str | Path, trust_checkpoint: bool = False, trust
     except Exception as exc:  # noqa: BLE001 - any failure left here means damaged bytes
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
                               f"{_first_line(exc)}") from exc
+
+
+def is_weights_file(path: str | Path) -> bool:
+    """Whether ``path`` is meant as a safetensors weights file.
+
+    Told by its suffix or by its first bytes (an 8-byte header length, then the JSON header's ``{``), so a renamed
+    file is still recognised.
+    """
+    path = Path(path)
+    if path.suffix == WEIGHTS_SUFFIX:
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def save_weights_file(path: str | Path, state_dict: dict[str, torch.Tensor], extras: dict[str, Any]) -> Path:
+    """Write ``state_dict`` and the ``urd_lightning`` extras (as JSON metadata) to a safetensors file, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in state_dict.items():
+        tensor = value.detach().cpu().contiguous()
+        if tensor.untyped_storage().data_ptr() in seen:  # safetensors refuses tensors that share memory
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    metadata = {EXTRAS_KEY: json.dumps(extras), "format": "pt"}
+    return write_via(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
+                     needed=sum(t.numel() * t.element_size() for t in tensors.values()))
+
+
+def load_weights_file(path: str | Path) -> dict[str, Any]:
+    """Read a weights file as ``{"state_dict": tensors, "urd_lightning": extras}``; one CheckpointError line if not."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no iter
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors weights file (truncated or corrupt?): "
+                              f"{_first_line(exc)}; write it again with export format=weights") from exc
+    try:
+        extras = json.loads(metadata[EXTRAS_KEY])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} is a safetensors file but not one of urd-lightning's (no '{EXTRAS_KEY}' "
+                              "metadata): write it with python -m urd_lightning export ckpt=last.ckpt "
+                              "format=weights") from exc
+    return {"state_dict": state, EXTRAS_KEY: extras}
+
+
+def load_inference_file(path: str | Path, trust_checkpoint: bool = False, trust_hint: str | None = None) -> Any:
+    """A ``.ckpt`` (:func:`load_checkpoint_file`) or a weights-only ``.safetensors`` (:func:`load_weights_file`).
+
+    Both give a dict with ``state_dict`` and ``urd_lightning``; only the ``.ckpt`` also has optimizer/loop state.
+    """
+    path = Path(path)
+    if path.is_file() and is_weights_file(path):
+        return load_weights_file(path)
+    return load_checkpoint_file(path, trust_checkpoint, trust_hint)

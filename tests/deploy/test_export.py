@@ -123,4 +123,4 @@ def test_cli_export_errors(tiny: dict, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["export", "format=onnx"]) == 2
     assert "ckpt=PATH" in capsys.readouterr().err
     assert cli_main(["export", f"ckpt={tiny['ckpt']}", "format=tflite"]) == 2
-    assert "format=onnx or format=torchscript" in capsys.readouterr().err
+    assert "format=onnx, format=torchscript or format=weights" in capsys.readouterr().err

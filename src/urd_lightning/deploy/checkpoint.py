@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from urd_lightning import __version__
-from urd_lightning.checkpoint_io import load_checkpoint_file
+from urd_lightning.checkpoint_io import EXTRAS_KEY, load_inference_file, save_weights_file
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import write_via
 
-EXTRAS_KEY = "urd_lightning"
 MODEL_PREFIX = "model."
 _REQUIRED_EXTRAS = ("model", "image_size")
 
@@ -81,11 +80,28 @@ def _validate_extras(path: Path, checkpoint: Any) -> dict[str, Any]:
     return extras
 
 
+def _load(path: Path, trust_checkpoint: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The validated extras and the network's weights (``model.`` prefix removed) of a .ckpt or .safetensors."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=PATH to a .ckpt written by training")
+    checkpoint = load_inference_file(path, trust_checkpoint, trust_hint="pass trust_checkpoint=true to load it")
+    extras = _validate_extras(path, checkpoint)
+    state = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    if not state:
+        raise CheckpointError(f"{path}: 'state_dict' has no '{MODEL_PREFIX}*' weights; the file is incomplete.")
+    return extras, state
+
+
 def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     """Read and validate a checkpoint without building the network.
 
     Args:
-        path: a ``.ckpt`` written by urd-lightning training.
+        path: a ``.ckpt`` written by urd-lightning training, or the weights-only ``.safetensors`` that
+            ``export format=weights`` writes from it.
         trust_checkpoint: load with ``weights_only=False`` (runs pickled code: only for files you trust).
 
     Returns:
@@ -95,17 +111,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[d
         CheckpointError: missing, truncated, unsafe or foreign file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=PATH to a .ckpt written by training")
-    checkpoint = load_checkpoint_file(path, trust_checkpoint, trust_hint="pass trust_checkpoint=true to load it")
-    extras = _validate_extras(path, checkpoint)
-    state = {
-        key[len(MODEL_PREFIX) :]: value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith(MODEL_PREFIX)
-    }
-    if not state:
-        raise CheckpointError(f"{path}: 'state_dict' has no '{MODEL_PREFIX}*' weights; the file is incomplete.")
+    extras, state = _load(path, trust_checkpoint)
     info = CheckpointInfo(
         path=path,
         version=str(extras.get("version", "unknown")),
@@ -118,6 +124,18 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[d
         resize=str(extras.get("resize", "cv2")),
     )
     return state, info
+
+
+def save_weights(ckpt: str | Path, output: str | Path, trust_checkpoint: bool = False) -> Path:
+    """Write the weights-only ``.safetensors`` of a checkpoint: what ``predict`` and ``test`` need, nothing else.
+
+    Kept: the teacher's and the student's weights and buffers under their ``state_dict`` names, and the
+    ``urd_lightning`` extras (as JSON metadata). Dropped: the expert (it only supervises training, method §1.1),
+    the optimizer states and the loop state, which make up most of a training checkpoint.
+    """
+    extras, state = _load(Path(ckpt), trust_checkpoint)
+    weights = {MODEL_PREFIX + key: value for key, value in state.items() if not key.startswith("expert.")}
+    return save_weights_file(output, weights, extras)
 
 
 def build_inference_model(state: dict[str, torch.Tensor], info: CheckpointInfo) -> nn.Module:

@@ -2,6 +2,7 @@
 
     python -m urd_lightning export ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt format=onnx
     python -m urd_lightning export ckpt=last.ckpt format=torchscript output=bottle.pt
+    python -m urd_lightning export ckpt=last.ckpt format=weights       # last.safetensors, for predict and test
 
 The graph holds the teacher and the student only (the expert supervises training and is not needed to score,
 method reference §1.1) and ends with the σ=4 Gaussian smoothing, which is a separable convolution with a fixed
@@ -13,6 +14,10 @@ Every export is checked against PyTorch on batches of 1 and 3 (ONNX through onnx
 reloading the saved file); a maximum absolute difference above 1e-4 deletes the file and raises
 :class:`ExportParityError`. Next to the model, ``<file>.json`` records the preprocessing, thresholds, score
 statistics and measured differences a deployment needs (also stored inside the ONNX file as metadata).
+
+``format=weights`` is no graph: it writes the checkpoint's inference weights (teacher and student; no expert, no
+optimizer or loop state) and its extras to a ``.safetensors`` file that ``predict``, ``test`` and
+``URDInferencer.from_checkpoint`` read in place of the ``.ckpt`` (``deploy/checkpoint.py``, ``save_weights``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from urd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model
+from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model, save_weights
 from urd_lightning.deploy.predict import NORMALIZATION_FORMULA, parse_key_values
 from urd_lightning.errors import ConfigError, URDError
 from urd_lightning.files import ensure_writable, write_atomic, write_via
@@ -39,7 +44,7 @@ PARITY_TOLERANCE = 1e-4  # max abs difference to PyTorch the issue allows, on ma
 PARITY_BATCH_SIZES = (1, 3)  # 1 and a batch other than the trace's, to prove the batch axis is dynamic
 DEFAULT_OPSET = 17  # lowest opset the lead allows; reflect padding and every op used exist since opset 11
 INPUT_NAME, OUTPUT_NAMES = "image", ("anomaly_map", "pred_score")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".safetensors"}
 
 EXPORT_KEYS: dict[str, tuple[type, Any]] = {
     "ckpt": (str, None),
@@ -190,6 +195,15 @@ def _metadata(info: CheckpointInfo) -> dict[str, Any]:
     }
 
 
+def _export_weights(ckpt: Path, output: str | Path | None, trust_checkpoint: bool) -> dict[str, Any]:
+    path = Path(output) if output is not None else ckpt.with_name(ckpt.stem + SUFFIXES["weights"])
+    ensure_writable(path.parent, "output")
+    save_weights(ckpt, path, trust_checkpoint)
+    log.info("wrote %s (weights only)", path)
+    return {"format": "weights", "path": str(path), "bytes": path.stat().st_size,
+            "checkpoint_bytes": ckpt.stat().st_size}
+
+
 def export(
     ckpt: str | Path,
     format: str = "onnx",  # noqa: A002 - the CLI key users type
@@ -197,17 +211,19 @@ def export(
     opset: int = DEFAULT_OPSET,
     trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Export a checkpoint to ONNX or TorchScript and check it against PyTorch.
+    """Export a checkpoint to ONNX or TorchScript and check it against PyTorch, or write its weights only.
 
     Args:
         ckpt: checkpoint written by training.
-        format: ``onnx`` or ``torchscript``.
-        output: the model file; default next to the checkpoint (``last.onnx``, ``last.torchscript.pt``).
+        format: ``onnx``, ``torchscript`` or ``weights``.
+        output: the model file; default next to the checkpoint (``last.onnx``, ``last.torchscript.pt``,
+            ``last.safetensors``).
         opset: ONNX opset, at least 17.
         trust_checkpoint: allow unsafe (``weights_only=False``) loading of a file you trust.
 
     Returns:
-        The metadata written to ``<output>.json``, including ``"path"`` and the ``"parity"`` records.
+        The metadata written to ``<output>.json``, including ``"path"`` and the ``"parity"`` records; for
+        ``weights`` only ``{"format", "path", "bytes", "checkpoint_bytes"}`` (no graph, no parity, no .json).
 
     Raises:
         CheckpointError: a missing, broken or foreign checkpoint (nothing is written).
@@ -215,9 +231,11 @@ def export(
         ExportParityError: the exported graph differs from PyTorch by more than 1e-4 (the file is removed).
     """
     if format not in SUFFIXES:
-        raise ConfigError(f"export: format={format!r}; use format=onnx or format=torchscript")
+        raise ConfigError(f"export: format={format!r}; use format=onnx, format=torchscript or format=weights")
     if opset < DEFAULT_OPSET:
         raise ConfigError(f"export: opset={opset} is below {DEFAULT_OPSET}, the lowest this export supports")
+    if format == "weights":
+        return _export_weights(Path(ckpt), output, trust_checkpoint)
     model, info = load_model(ckpt, trust_checkpoint=trust_checkpoint)
     path = Path(output) if output is not None else info.path.with_name(info.path.stem + SUFFIXES[format])
     ensure_writable(path.parent, "output")
@@ -247,14 +265,20 @@ def export(
 
 
 def main(argv: Sequence[str]) -> int:
-    """CLI entry point: ``export ckpt=PATH format=onnx|torchscript [output=FILE] [opset=17]``."""
+    """CLI entry point: ``export ckpt=PATH format=onnx|torchscript|weights [output=FILE] [opset=17]``."""
     if any(arg in {"-h", "--help", "help"} for arg in argv):
-        print(f"usage: python -m urd_lightning export ckpt=PATH format=onnx|torchscript [output=FILE]\n\n{__doc__}")
+        print(f"usage: python -m urd_lightning export ckpt=PATH format=onnx|torchscript|weights [output=FILE]\n\n"
+              f"{__doc__}")
         return 0
     args = parse_key_values(argv, EXPORT_KEYS, "export")
     if args["ckpt"] is None:
         raise ConfigError("export: missing ckpt=PATH (the .ckpt written by training)")
     metadata = export(**args)
+    if args["format"] == "weights":
+        print(f"wrote {metadata['path']} (weights only): {metadata['bytes'] / 2**20:.1f} MB, "
+              f"{metadata['bytes'] / metadata['checkpoint_bytes']:.0%} of the checkpoint's "
+              f"{metadata['checkpoint_bytes'] / 2**20:.1f} MB")
+        return 0
     worst = max(max(r["anomaly_map"], r["pred_score"]) for r in metadata["parity"])
     print(f"exported {metadata['path']} ({args['format']}); max abs difference to PyTorch {worst:.2e}")
     return 0

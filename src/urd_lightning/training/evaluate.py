@@ -3,7 +3,8 @@
 The checkpoint's extras (docs/design.md, "checkpoints") say which dataset, category, image size and network it
 holds; the command line may override data keys (e.g. ``data.root``). The network is rebuilt with
 ``pretrained=False`` (its weights come from the file) and the numbers are written to ``test_metrics.json`` beside the
-checkpoint's run folder, with the same metric names as ``metrics.json``.
+checkpoint's run folder, with the same metric names as ``metrics.json``. ``ckpt=`` may also be the weights-only
+``.safetensors`` that ``export format=weights`` writes (same extras, same weights, so the same numbers).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
-from urd_lightning.checkpoint_io import load_checkpoint_file
+from urd_lightning.checkpoint_io import load_inference_file
 from urd_lightning.config import load_config
 from urd_lightning.errors import CheckpointError, ConfigError
 from urd_lightning.files import ensure_writable
@@ -28,7 +29,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"ckpt={path} does not exist; give results/<dataset>/<category>/<run>/checkpoints/"
                               "last.ckpt")
-    checkpoint = load_checkpoint_file(path)  # no code runs while loading; one-line errors
+    checkpoint = load_inference_file(path)  # a .ckpt or export's weights-only .safetensors; no code runs; one line
     if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} has no 'urd_lightning' extras: it was not written by urd-lightning training")
     return checkpoint
