@@ -72,7 +72,7 @@ class CheckReport:
         lines += [f"  {p}" for p in self.problems]
         if self.warnings:
             lines.append(f"{len(self.warnings)} warning(s):")
-            lines += [f"  {p}" for p in self.warnings]
+            lines += [f"  warning: {p}" for p in self.warnings]
         return "\n".join(lines)
 
 
