@@ -25,7 +25,8 @@ from urd_lightning.training.train import train
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "urd_lightning"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-OPTIONAL = {"wandb": ("wandb",), "export": ("onnx", "onnxruntime")}  # extra -> the import names it provides
+# extra -> the import names it provides
+OPTIONAL = {"wandb": ("wandb",), "export": ("onnx", "onnxruntime"), "cluster": ("submitit",)}
 # Extras that Lightning imports, never this package: logger=tensorboard needs tensorboard for TensorBoardLogger.
 EXTRAS_FOR_LIGHTNING = {"tensorboard": ("tensorboard",)}
 # Pinned but never imported: timm needs a torchvision, and it must be the build matching the pinned torch.

@@ -7,6 +7,8 @@ test at the bottom, which runs the real training on the embedded demo dataset wi
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -173,6 +175,51 @@ def test_one_process_per_gpu(tmp_path: Path, monkeypatch):
     assert {r.metrics["gpu"] for r in records} == {"0", "1"}
 
 
+# A fake training that waits until every category of the benchmark has started (or gives up after argv[4] seconds):
+# it can only succeed when the categories run at the same time.
+BARRIER_TRAIN = r"""
+import pathlib, sys, time
+barrier, category, expected, patience = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+barrier.mkdir(parents=True, exist_ok=True)
+barrier.joinpath(category).touch()
+deadline = time.time() + patience
+while len(list(barrier.iterdir())) < expected:
+    if time.time() > deadline:
+        sys.exit("the other categories never started")
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("at_once", [2, 1])
+def test_jobs_runs_categories_at_the_same_time(tmp_path: Path, monkeypatch, at_once: int):
+    jobs = plan("demo", [f"output_dir={tmp_path}", "run=r"])
+    assert len(jobs) == 2
+
+    def command(job: Job) -> list[str]:
+        patience = "120" if at_once == 2 else "1"  # 120: a hang guard; 1: the other never starts, however long
+        barrier = [sys.executable, "-c", BARRIER_TRAIN, str(tmp_path / "barrier"), job.category, "2", patience]
+        fake = [sys.executable, "-c", FAKE_TRAIN, str(job.run_dir), job.category, "0", to_yaml(job.cfg), "demo"]
+        return ["sh", "-c", f"{shlex.join(barrier)} && {shlex.join(fake)}"]
+
+    monkeypatch.setattr(benchmark, "train_command", command)
+    records = run_benchmark(jobs, jobs_at_once=at_once)
+    # --jobs 1 runs them one after the other: the first waits for the second in vain (the test's own control).
+    assert [r.status for r in records] == (["done", "done"] if at_once == 2 else ["failed", "done"]), records
+    if at_once == 1:
+        assert "never started" in records[0].error
+
+
+def test_jobs_beyond_the_gpus_is_a_one_line_error():
+    from urd_lightning.benchmark.launchers import gpu_slots
+
+    assert gpu_slots(2, None, 0) == [None, None] and gpu_slots(0, ["3", "1"], 8) == [3, 1]
+    assert gpu_slots(2, None, 4) == [0, 1]
+    with pytest.raises(ConfigError, match="--jobs 8 but only 4 GPU"):
+        gpu_slots(8, None, 4)
+    with pytest.raises(ConfigError, match="integer device ids"):
+        gpu_slots(0, ["GPU-a1"], 0)
+
+
 def test_dry_run_and_task_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert benchmark.main(["dataset=btad", f"output_dir={tmp_path}", "experiment=paper", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -227,6 +274,27 @@ def test_demo_benchmark_every_category_through_the_cli(tmp_path: Path):
     for category in ("weave", "disc"):
         assert (tmp_path / "demo" / category / "tiny" / "metrics.json").is_file()
         assert (tmp_path / "demo" / "_reports" / "tiny" / "logs" / f"{category}.log").is_file()
+
+
+def times(log: Path) -> tuple[float, float]:
+    """(started, ended) wall-clock times a category's log records."""
+    marks = dict(re.findall(r"^# (started|ended) ([0-9.]+)", log.read_text(), flags=re.M))
+    return float(marks["started"]), float(marks["ended"])
+
+
+@pytest.mark.slow
+def test_demo_with_two_jobs_runs_both_at_once_and_matches_the_sequential_run(tmp_path: Path):
+    """--jobs 2 on the CPU: two training processes at the same time, the same metrics as one after the other."""
+    finals = {}
+    for mode, extra in (("sequential", []), ("parallel", ["--jobs", "2"])):
+        out = tmp_path / mode
+        assert benchmark.main([*tiny_demo(out, tmp_path / "demo_data"), *extra]) == 0
+        finals[mode] = {c: json.loads((out / "demo" / c / "tiny" / "metrics.json").read_text())["final"]
+                        for c in ("weave", "disc")}  # fmt: skip
+    assert finals["parallel"] == finals["sequential"]
+    logs = tmp_path / "parallel" / "demo" / "_reports" / "tiny" / "logs"
+    (weave_start, weave_end), (disc_start, disc_end) = times(logs / "weave.log"), times(logs / "disc.log")
+    assert max(weave_start, disc_start) < min(weave_end, disc_end)  # each started before the other ended
 
 
 # ---- cluster scripts: they parse, and the commands they build resolve to valid configs -------------------------

@@ -1,10 +1,12 @@
 """Benchmark runner: train and evaluate every category of a benchmark, then write the results table.
 
 ``python -m urd_lightning benchmark dataset=mvtec [experiment=paper] [key=value ...] [--categories a,b]
-[--gpus 0,1,2,3] [--in-process] [--force] [--task-index N] [--dry-run] [--report-only]``
+[--jobs N] [--gpus 0,1,2,3] [--in-process] [--force] [--task-index N] [--dry-run] [--report-only]``
 
 One (dataset, category) per process (design.md): each category runs ``python -m urd_lightning train`` in a fresh
-subprocess, so memory, CUDA state and W&B runs stay separate; ``--gpus`` runs one such process per GPU at a time;
+subprocess, so memory, CUDA state and W&B runs stay separate. By default they run one after the other; ``--jobs N``
+runs up to N at once, each on its own GPU (``--gpus`` picks which; on a machine without GPUs they share the CPU)
+through submitit (:mod:`urd_lightning.benchmark.launchers`);
 ``--task-index`` runs one category of the list (a SLURM array task); ``--in-process`` calls ``train(cfg)`` here
 (tests). All categories share one run name, so their results sit side by side in
 ``<output_dir>/<dataset>/<category>/<run>/``. A category whose ``metrics.json`` exists for the same config is
@@ -17,19 +19,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
-import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Queue
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from urd_lightning import config as urd_config
+from urd_lightning.benchmark.launchers import gpu_slots, run_concurrently, run_logged
 from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten, read_run
 from urd_lightning.benchmark.report import write_report
 from urd_lightning.data.categories import dataset_categories, order_categories
@@ -134,28 +134,8 @@ def train_command(job: Job) -> list[str]:
     return [sys.executable, "-m", "urd_lightning", "train", *job.argv]
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    """The last non-empty lines of a log (progress bars' carriage returns count as line ends)."""
-    text = path.read_text(errors="replace").replace("\r", "\n") if path.is_file() else ""
-    return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:])[-500:]
-
-
-def _run_subprocess(job: Job, log_path: Path, gpu: str | None, echo: bool) -> str:
-    """Run one category in a fresh process, its output to ``log_path`` (and the terminal when ``echo``)."""
-    env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as sink:
-        proc = subprocess.Popen(train_command(job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
-            sink.write(chunk)
-            if echo:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-        code = proc.wait()
-    return "" if code == 0 else f"exit code {code}: {_tail(log_path)} (full log: {log_path})"
+def _visible_gpus() -> int:
+    return torch.cuda.device_count()
 
 
 def _run_in_process(job: Job) -> str:
@@ -181,6 +161,7 @@ def run_benchmark(
     force: bool = False,
     collect_only: bool = False,
     on_done: Callable[[RunRecord], Any] | None = None,
+    jobs_at_once: int = 0,
 ) -> list[RunRecord]:
     """Run every job that is not already finished; returns one record per job, in the jobs' order.
 
@@ -188,6 +169,8 @@ def run_benchmark(
         jobs: From :func:`plan`.
         in_process: Call ``train(cfg)`` in this process instead of a subprocess per category.
         gpus: Device ids; at most one subprocess per id runs at a time, with ``CUDA_VISIBLE_DEVICES`` set to it.
+        jobs_at_once: Run up to this many categories at once (:mod:`~urd_lightning.benchmark.launchers`), each on
+            a GPU of ``gpus`` (default: the visible ones) or, on a machine without GPUs, all on the CPU.
         force: Rerun categories that already have ``metrics.json`` (finished or from another config).
         collect_only: Do not train anything; just collect what exists (``--report-only``).
         on_done: Called with each record as it is known (progress reporting).
@@ -211,38 +194,30 @@ def run_benchmark(
         Path(jobs[0].cfg.output_dir) / jobs[0].cfg.dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run) if jobs else None
     )
 
-    def one(job: Job, gpu: str | None = None) -> RunRecord:
+    def prepared(job: Job) -> Job:
         if not force and (job.run_dir / "checkpoints" / "last.ckpt").is_file() and not config_diff(job):
             job = with_resume(job)  # an interrupted run of this config: continue it rather than start over
         log.info("%s: training (%s)", job.category, " ".join(job.argv))
-        if in_process:
-            error = _run_in_process(job)
-        else:
-            error = _run_subprocess(job, reports / "logs" / f"{job.category}.log", gpu, echo=not gpus)
-        record = _record(job, error)
+        return job
+
+    def finish(job: Job, error: str) -> None:
+        record = records[job.category] = _record(job, error)
         log.info("%s: %s", job.category, record.status if record.status == "done" else f"FAILED — {record.error}")
         if on_done:
             on_done(record)
-        return record
 
-    if gpus and not in_process and len(todo) > 1:
-        free: Queue[str] = Queue()
-        for gpu in gpus:
-            free.put(gpu)
+    def log_path(job: Job) -> Path:
+        return reports / "logs" / f"{job.category}.log"
 
-        def on_gpu(job: Job) -> RunRecord:
-            gpu = free.get()
-            try:
-                return one(job, gpu)
-            finally:
-                free.put(gpu)
-
-        with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-            for record in pool.map(on_gpu, todo):
-                records[record.category] = record
+    if (jobs_at_once or gpus) and not in_process and todo:
+        slots = gpu_slots(jobs_at_once, gpus, _visible_gpus())
+        todo = [prepared(job) for job in todo]
+        run_concurrently([(train_command(job), log_path(job)) for job in todo], slots, reports / "submitit",
+                         lambda index, error: finish(todo[index], error))  # fmt: skip
     else:
         for job in todo:
-            records[job.category] = one(job, gpus[0] if gpus else None)
+            job = prepared(job)
+            finish(job, _run_in_process(job) if in_process else run_logged(train_command(job), log_path(job), True))
     return [records[job.category] for job in jobs]
 
 
@@ -254,7 +229,10 @@ def _parser() -> argparse.ArgumentParser:
         "(e.g. experiment=paper trainer.devices=1). Runs live in <output_dir>/<dataset>/<category>/<run>/.",
     )
     parser.add_argument("--categories", help="comma-separated subset (default: all of the dataset file's)")
-    parser.add_argument("--gpus", help="comma-separated device ids: one training process per GPU at a time")
+    parser.add_argument("--jobs", type=int, default=0, help="train up to N categories at once, one per GPU "
+                        "(on a CPU-only machine all on the CPU); needs the [cluster] extra (submitit)")
+    parser.add_argument("--gpus", help="comma-separated device ids for --jobs (default: all visible); alone: "
+                        "--jobs = their number")
     parser.add_argument("--in-process", action="store_true", help="call train(cfg) here, not a subprocess each")
     parser.add_argument("--force", action="store_true", help="rerun categories that already have metrics.json")
     parser.add_argument("--task-index", type=int, help="run only the N-th category (0-based; SLURM array tasks)")
@@ -287,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"[{index}] {job.category} ({state}): {' '.join(train_command(job))}\n")
         return 0
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
-    records = run_benchmark(jobs, args.in_process, gpus, args.force, collect_only=args.report_only)
+    records = run_benchmark(jobs, args.in_process, gpus, args.force, args.report_only, jobs_at_once=args.jobs)
     if args.task_index is None:
         out = Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run)
         paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], not args.no_plots)
