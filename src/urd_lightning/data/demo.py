@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from urd_lightning.errors import DataError
+from urd_lightning.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +249,7 @@ def generate_demo(root: str | Path) -> Path:
             if (root / category).exists():
                 os.replace(root / category, old)  # ours (checked above): moved aside, deleted below
             os.replace(building / category, root / category)
-        fd, tmp = tempfile.mkstemp(prefix=f".{STAMP}.", dir=root)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(generator_hash() + "\n")
-        os.replace(tmp, root / STAMP)
+        write_atomic(root / STAMP, generator_hash() + "\n")
     finally:
         shutil.rmtree(building, ignore_errors=True)  # only our own temporary folder (and the old demo folders)
     return root

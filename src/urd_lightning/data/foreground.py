@@ -12,8 +12,6 @@ of the image file's bytes: a changed image gets a new key, and workers, ranks an
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 from urd_lightning.data.transforms import read_rgb
 from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
+from urd_lightning.files import write_via
 
 METHODS = ("none", "otsu", "grabcut")
 GRABCUT_ITERATIONS = 11  # authors' value
@@ -57,24 +56,23 @@ def _cache_file(path: str | Path, method: str, size: int, cache_dir: str | Path)
     return Path(cache_dir) / f"{_cache_key(path, method, size)}.png"
 
 
-def cached_foreground(path: str | Path, method: str, size: int, cache_dir: str | Path) -> np.ndarray | None:
-    """:func:`compute_foreground` for the image at ``path``, read from / written to ``cache_dir``."""
+def cached_foreground(path: str | Path, method: str, size: int, cache_dir: str | Path,
+                      cache_file: Path | None = None) -> np.ndarray | None:
+    """:func:`compute_foreground` for the image at ``path``, read from / written to ``cache_dir``.
+
+    ``cache_file``: the mask's file in ``cache_dir`` when the caller already hashed the image (saves a re-read).
+    """
     if method == "none":
         return None
-    cache_dir = Path(cache_dir)
-    cache_file = _cache_file(path, method, size, cache_dir)
+    cache_file = cache_file or _cache_file(path, method, size, cache_dir)
     if cache_file.is_file():
         cached = cv2.imread(str(cache_file), cv2.IMREAD_GRAYSCALE)
         if cached is not None and cached.shape == (size, size):
             return (cached > 0).astype(np.uint8)
     mask = compute_foreground(read_rgb(path), method, size)
     assert mask is not None
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary name, then rename: concurrent workers or ranks never see a half-written file.
-    handle, tmp = tempfile.mkstemp(suffix=".png", dir=cache_dir)
-    os.close(handle)
-    cv2.imwrite(tmp, mask * 255)
-    os.replace(tmp, cache_file)
+    # Atomic (temporary name, then rename): concurrent workers or ranks never see a half-written file.
+    write_via(cache_file, lambda tmp: cv2.imwrite(str(tmp), mask * 255))
     return mask
 
 
@@ -89,7 +87,9 @@ def foreground_masks(paths: Sequence[str], method: str, size: int, cache_dir: st
     if method == "none":
         return [None] * len(paths)
     paths = [str(p) for p in paths]
-    todo = [i for i, p in enumerate(paths) if not _cache_file(p, method, size, cache_dir).is_file()]
+    files = [_cache_file(p, method, size, cache_dir) for p in paths]  # each image's bytes hashed once
+    todo = [i for i, f in enumerate(files) if not f.is_file()]
+    pending = set(todo)
     bar = None
     if progress and method == "grabcut" and todo:
         from tqdm.auto import tqdm
@@ -102,14 +102,15 @@ def foreground_masks(paths: Sequence[str], method: str, size: int, cache_dir: st
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=worker_context(),
                                  initializer=init_worker) as pool:
             for i, mask in zip(todo, pool.map(cached_foreground, [paths[i] for i in todo], [method] * len(todo),
-                                              [size] * len(todo), [str(cache_dir)] * len(todo)), strict=True):
+                                              [size] * len(todo), [str(cache_dir)] * len(todo),
+                                              [files[i] for i in todo]), strict=True):
                 masks[i] = mask
                 if bar is not None:
                     bar.update()
     for i, path in enumerate(paths):  # cached ones (and all of them without workers) in this process
         if i not in masks:
-            masks[i] = cached_foreground(path, method, size, cache_dir)
-            if bar is not None and i in todo:
+            masks[i] = cached_foreground(path, method, size, cache_dir, files[i])
+            if bar is not None and i in pending:
                 bar.update()
     if bar is not None:
         bar.close()

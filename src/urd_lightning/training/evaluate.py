@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 from urd_lightning.checkpoint_io import load_inference_file
 from urd_lightning.config import load_config
 from urd_lightning.errors import CheckpointError, ConfigError
-from urd_lightning.files import ensure_writable
+from urd_lightning.files import ensure_writable, write_atomic
 from urd_lightning.training.builders import build_datamodule, build_module, trainer_kwargs
 from urd_lightning.training.loggers import setup_console_logging
-from urd_lightning.training.results import METRIC_ORDER, write_text_atomic
+from urd_lightning.training.results import METRIC_ORDER
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def evaluate_checkpoint(argv: list[str]) -> int:
             ".metrics.json")
         payload = {"checkpoint": str(path), "dataset": cfg.dataset, "category": cfg.data.category,
                    "final": module.final, "config": OmegaConf.to_container(cfg.data, resolve=True)}
-        write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+        write_atomic(out, json.dumps(payload, indent=2) + "\n")
         width = max(len(k) for k in METRIC_ORDER) + 2
         rows = [f"{k:<{width}}{module.final[k]:.4f}" for k in METRIC_ORDER if k in module.final]
         print("\n".join([f"{cfg.dataset}/{cfg.data.category}: {path}", *rows, f"written: {out}"]), flush=True)

@@ -160,6 +160,16 @@ class URDModule(LightningModule):
             return f"The last good checkpoint ({last}) is kept."
         return "No checkpoint was written before this iteration, so there is nothing to resume from."
 
+    def _update(self, optimizer: Any, terms: dict[str, Tensor], part: str, logged: dict[str, Tensor]) -> None:
+        """One optimizer step on the sum of ``terms`` (checked finite first); the terms and the sum go to ``logged``."""
+        loss = sum(terms.values())
+        self._check_finite(loss, terms, part)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        logged.update({f"train/{part}/{k}": v.detach() for k, v in terms.items()})
+        logged[f"train/loss_{part}"] = loss.detach()
+
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """One authors' iteration: teacher step, teacher re-forward in eval mode, student step."""
@@ -181,13 +191,7 @@ class URDModule(LightningModule):
             t = model.teacher_features(x)
             t_aug = model.teacher_features(x_aug) if x_aug is not None else None
             terms = urd_losses.teacher_loss(t, t_aug, expert, expert_aug, mask, variant=self.hparams.loss_variant)
-            loss_t = sum(terms.values())
-            self._check_finite(loss_t, terms, "teacher")
-            opt_teacher.zero_grad()
-            self.manual_backward(loss_t)
-            opt_teacher.step()
-            logged.update({f"train/teacher/{k}": v.detach() for k, v in terms.items()})
-            logged["train/loss_teacher"] = loss_t.detach()
+            self._update(opt_teacher, terms, "teacher", logged)
         # step 4: recompute the teacher features with the updated weights and running BN statistics
         teacher_module.eval()
         with torch.no_grad():
@@ -197,13 +201,7 @@ class URDModule(LightningModule):
         s_aug = model.student_features(t_aug) if t_aug is not None else None
         terms = urd_losses.student_loss(s, s_aug, t, expert, self.hparams.loss_variant, mask=mask, t_aug=t_aug,
                                         e_aug=expert_aug)
-        loss_s = sum(terms.values())
-        self._check_finite(loss_s, terms, "student")
-        opt_student.zero_grad()
-        self.manual_backward(loss_s)
-        opt_student.step()
-        logged.update({f"train/student/{k}": v.detach() for k, v in terms.items()})
-        logged["train/loss_student"] = loss_s.detach()
+        self._update(opt_student, terms, "student", logged)
         bar = {k: logged.pop(k) for k in ("train/loss_teacher", "train/loss_student") if k in logged}
         self.log_dict(bar, prog_bar=True, batch_size=x.shape[0])
         # "iteration" is the W&B x-axis of every logged value (loggers.py); global_step counts both optimizers.

@@ -26,15 +26,10 @@ METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_
                 "pixel_AUPRO_per_image")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    write_atomic(path, text)
-
-
 def write_metrics(run_dir: Path, payload: dict[str, Any]) -> Path:
     """``<run_dir>/metrics.json`` (design.md "results" format); returns its path."""
     path = run_dir / "metrics.json"
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -130,7 +125,7 @@ class ResultsWriter(Callback):
         if trainer.global_rank == 0:
             state = {"train_s": round(time.perf_counter() - self._start, 2), "steps": int(pl_module.iteration),
                      "periodic": list(pl_module.periodic)}
-            write_text_atomic(self.run_dir / TRAIN_STATE, json.dumps(state) + "\n")
+            write_atomic(self.run_dir / TRAIN_STATE, json.dumps(state) + "\n")
 
     @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.errors import CheckpointError
-from urd_lightning.files import ensure_writable
+from urd_lightning.files import ensure_writable, write_atomic
 from urd_lightning.training.builders import (
     build_datamodule,
     build_module,
@@ -47,7 +47,7 @@ from urd_lightning.training.callbacks import (
 )
 from urd_lightning.training.loggers import build_logger, finish, require_logger_package, setup_console_logging
 from urd_lightning.training.preemption import Requeue, resume_path
-from urd_lightning.training.results import ResultsWriter, write_text_atomic
+from urd_lightning.training.results import ResultsWriter
 from urd_lightning.training.runtime import runtime_info
 
 log = logging.getLogger("urd_lightning")
@@ -129,7 +129,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     runtime = runtime_info(trainer, module.hparams.channels_last)  # what the config's nulls resolved to
     results.meta["runtime"] = runtime
     if rank_zero_only.rank == 0:
-        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
+        write_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
     if logger:
         logger.log_hyperparams({"runtime": runtime})
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
