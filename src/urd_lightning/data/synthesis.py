@@ -79,7 +79,33 @@ def perlin_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     return (rotated > PERLIN_THRESHOLD).astype(np.float32)
 
 
-class DTDTextures:
+class _TextureBank:
+    """``count`` textures, texture ``k`` made by ``_make(k, size)`` as uint8, one drawn uniformly per sample.
+
+    With ``cache_dir`` each texture is made once per run and shared by the workers (``data/cache.py``), under a file
+    keyed by ``_key``; without it, made at every draw.
+    """
+
+    name = ""
+
+    def __init__(self, count: int, key: str, cache_dir: str | Path | None) -> None:
+        self._count, self._key, self.cache_dir = count, key, cache_dir
+        self._caches: dict[int, PixelCache] = {}
+
+    def _make(self, index: int, size: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """One ``(size, size, 3)`` texture drawn uniformly, as float32 in [0, 1]; not augmented (as the authors)."""
+        index = int(rng.integers(self._count))
+        if not self.cache_dir:
+            return self._make(index, size).astype(np.float32) / 255.0
+        if size not in self._caches:
+            self._caches[size] = PixelCache(self.cache_dir, self.name, self._key, self._count, size)
+        return self._caches[size].get(index, lambda: self._make(index, size)).astype(np.float32) / 255.0
+
+
+class DTDTextures(_TextureBank):
     """Anomaly source images from a DTD folder (``images/<class>/*.jpg``, ``dtd/images/...``, or any images below).
 
     Resized with ``resize`` (``pil``: Pillow bilinear, as the authors; ``cv2``: see ``transforms``). With
@@ -87,33 +113,24 @@ class DTDTextures:
     cache is keyed by the bytes of every image, so the folder is read once here to hash it.
     """
 
+    name = "dtd"
+
     def __init__(self, root: str | Path, resize: str = "pil", cache_dir: str | Path | None = None) -> None:
         self.resize = check_resize(resize)
-        self.cache_dir = cache_dir
-        self._caches: dict[int, PixelCache] = {}
         root = Path(root)
         base = dtd_images_dir(root) or root
         self.paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if base.is_dir() else []
         if not self.paths:
             raise DataError(f"no DTD images under {base} (data.dtd_root): expected images/<class>/*.jpg. Get DTD with: "
                             f"python -m urd_lightning data download dtd --root {root}, or set data.textures=procedural")
-        self._digest = content_digest(self.paths) if cache_dir else ""
+        digest = content_digest(self.paths) if cache_dir else ""  # the cache key: the bytes of every image
+        super().__init__(len(self.paths), f"dtd|{digest}|{self.resize}", cache_dir)
 
-    def _load(self, index: int, size: int) -> np.ndarray:
+    def _make(self, index: int, size: int) -> np.ndarray:
         return resize_image(read_rgb(self.paths[index]), size, self.resize)
 
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """One image drawn uniformly, resized to ``size²``, as float32 [0, 1]; not augmented (as the authors)."""
-        index = int(rng.integers(len(self.paths)))
-        if not self.cache_dir:
-            return self._load(index, size).astype(np.float32) / 255.0
-        if size not in self._caches:
-            key = f"dtd|{self._digest}|{self.resize}"
-            self._caches[size] = PixelCache(self.cache_dir, "dtd", key, len(self.paths), size)
-        return self._caches[size].get(index, lambda: self._load(index, size)).astype(np.float32) / 255.0
 
-
-class ProceduralTextures:
+class ProceduralTextures(_TextureBank):
     """Built-in anomaly source for machines without DTD: random coloured noise, stripes and checkers.
 
     Results then differ from the paper's setting (which uses DTD); the datamodule logs that once. Like DTD, it is a
@@ -123,19 +140,13 @@ class ProceduralTextures:
     resize (12 against 5 ms at 256²), once per run; from then on both are a read from the shared cache.
     """
 
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
-        self.cache_dir = cache_dir
-        self._caches: dict[int, PixelCache] = {}
+    name = "procedural"
 
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """One ``(size, size, 3)`` float32 texture in [0, 1], drawn uniformly from the bank."""
-        index = int(rng.integers(PROCEDURAL_BANK))
-        if not self.cache_dir:
-            return self.texture(index, size).astype(np.float32) / 255.0
-        if size not in self._caches:
-            key = f"procedural|{PROCEDURAL_VERSION}"
-            self._caches[size] = PixelCache(self.cache_dir, "procedural", key, PROCEDURAL_BANK, size)
-        return self._caches[size].get(index, lambda: self.texture(index, size)).astype(np.float32) / 255.0
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        super().__init__(PROCEDURAL_BANK, f"procedural|{PROCEDURAL_VERSION}", cache_dir)
+
+    def _make(self, index: int, size: int) -> np.ndarray:
+        return self.texture(index, size)
 
     @staticmethod
     def texture(index: int, size: int) -> np.ndarray:
