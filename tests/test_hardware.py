@@ -22,6 +22,16 @@ def test_cpu_bf16_needs_the_bf16_instructions(tmp_path, monkeypatch, extra, nati
     assert hardware.native_bf16(cuda=False) is native
 
 
+@pytest.mark.parametrize(("capability", "native"), [(7, False), (8, True), (9, True)])
+def test_gpu_bf16_needs_ampere_not_emulation(monkeypatch, capability, native):
+    # torch's default including_emulation=True says yes on a V100/T4 too, which would run bf16 slower than fp32.
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return capability >= 8 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert hardware.native_bf16(cuda=True) is native
+
+
 def test_no_cpuinfo_means_fp32(tmp_path):
     assert hardware.cpu_flags(tmp_path / "missing") == set()
 

@@ -16,12 +16,14 @@ CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 def native_bf16(cuda: bool) -> bool:
     """Whether the device does bf16 arithmetic in hardware (then bf16 autocast is the fast default).
 
-    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer). CPU: the ``avx512_bf16`` or ``amx_bf16`` flags of
-    Linux's ``/proc/cpuinfo``. Measured in docs/performance.md: on an ``avx512_bf16`` CPU a WideResNet-50 URD
-    iteration (128², batch 4) under bf16 autocast takes about 0.6x its fp32 time.
+    CUDA: compute capability 8.0 or newer (Ampere, Hopper, ...). ``torch.cuda.is_bf16_supported``'s default
+    (``including_emulation=True``) also says yes for a V100 or T4, which only emulate bf16 (no gain over fp32).
+    CPU: the ``avx512_bf16`` or ``amx_bf16`` flags of Linux's ``/proc/cpuinfo``. Measured in docs/performance.md:
+    on an ``avx512_bf16`` CPU a WideResNet-50 URD iteration (128², batch 4) under bf16 autocast takes about 0.6x
+    its fp32 time.
     """
     if cuda:
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool(CPU_BF16_FLAGS & cpu_flags())
 
 
