@@ -174,6 +174,19 @@ def test_checkpoint_stops_the_training_while_draining_its_output(tmp_path: Path,
     assert "saved hpc_ckpt_1.ckpt" in log and "['x=1', 'resume=auto']" in log and "attempt 1" in log
 
 
+def test_a_task_slurm_requeued_by_itself_resumes_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A preemption SLURM requeues without submitit (SLURM_RESTART_COUNT > 0) runs the first attempt's pickle."""
+    log_path = tmp_path / "logs" / "weave.log"
+    log_path.parent.mkdir()
+    log_path.write_text("# started 1 pid 1 attempt 0\n")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    task = slurm.CategoryTask([sys.executable, "-c", "import sys; print(sys.argv[1:])", "x=1", "resume=last"],
+                              log_path, tmp_path / "run")  # fmt: skip
+    assert task() == ""
+    log = log_path.read_text()
+    assert log.startswith("# started 1 pid 1") and "['x=1', 'resume=auto']" in log and "attempt 1" in log
+
+
 def test_the_training_process_never_requeues_itself_under_submitit():
     assert slurm.PARENT_REQUEUES_ENV == preemption.PARENT_REQUEUES_ENV  # one name on both sides
 
