@@ -25,7 +25,7 @@ from urd_lightning.errors import ConfigError
 LOCAL_TIMEOUT_MIN = 60 * 24 * 30
 
 
-def _tail(path: Path, lines: int = 3) -> str:
+def log_tail(path: Path, lines: int = 3) -> str:
     """The last non-empty lines of a log (progress bars' carriage returns count as line ends)."""
     text = path.read_text(errors="replace").replace("\r", "\n") if path.is_file() else ""
     return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:])[-500:]
@@ -46,14 +46,15 @@ def run_logged(command: list[str], log_path: Path, echo: bool = False) -> str:
                 sys.stdout.flush()
         code = proc.wait()
         sink.write(f"\n# ended {time.time():.6f} pid {os.getpid()} exit code {code}\n".encode())
-    return "" if code == 0 else f"exit code {code}: {_tail(log_path)} (full log: {log_path})"
+    return "" if code == 0 else f"exit code {code}: {log_tail(log_path)} (full log: {log_path})"
 
 
-def _submitit() -> Any:
+def import_submitit(flags: str = "--jobs and --gpus") -> Any:
+    """The submitit module, or a one-line error naming the ``flags`` that need it."""
     try:
         import submitit
     except ImportError:
-        raise ConfigError("--jobs and --gpus run categories through submitit, which is not installed: pip install "
+        raise ConfigError(f"submitit is not installed ({flags} run categories through it): pip install "
                           "'urd-lightning[cluster]' (or run without them, one category at a time)") from None
     return submitit
 
@@ -90,7 +91,7 @@ def run_concurrently(
 
     ``done(index, error)`` is called as each task ends (``error`` is "" on success).
     """
-    submitit = _submitit()
+    submitit = import_submitit()
     free: Queue[Any] = Queue()
     for gpu in slots:  # one executor per slot: its parameters pin that slot's GPU for every job it starts
         executor = submitit.LocalExecutor(folder=folder / "%j")

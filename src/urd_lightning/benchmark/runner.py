@@ -1,12 +1,14 @@
 """Benchmark runner: train and evaluate every category of a benchmark, then write the results table.
 
 ``python -m urd_lightning benchmark dataset=mvtec [experiment=paper] [key=value ...] [--categories a,b]
-[--jobs N] [--gpus 0,1,2,3] [--in-process] [--force] [--task-index N] [--dry-run] [--report-only]``
+[--jobs N] [--gpus 0,1,2,3] [--slurm [--slurm-partition P ...]] [--in-process] [--force] [--task-index N]
+[--dry-run] [--report-only]``
 
 One (dataset, category) per process (design.md): each category runs ``python -m urd_lightning train`` in a fresh
 subprocess, so memory, CUDA state and W&B runs stay separate. By default they run one after the other; ``--jobs N``
 runs up to N at once, each on its own GPU (``--gpus`` picks which; on a machine without GPUs they share the CPU)
-through submitit (:mod:`urd_lightning.benchmark.launchers`);
+through submitit (:mod:`urd_lightning.benchmark.launchers`); ``--slurm`` submits them as one SLURM job array,
+requeued and resumed when cut (:mod:`urd_lightning.benchmark.slurm`);
 ``--task-index`` runs one category of the list (a SLURM array task); ``--in-process`` calls ``train(cfg)`` here
 (tests). All categories share one run name, so their results sit side by side in
 ``<output_dir>/<dataset>/<category>/<run>/``. A category whose ``metrics.json`` exists for the same config is
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from urd_lightning import config as urd_config
 from urd_lightning.benchmark.launchers import gpu_slots, run_concurrently, run_logged
 from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten, read_run
 from urd_lightning.benchmark.report import write_report
+from urd_lightning.benchmark.slurm import ArrayStillRunning, CategoryTask, SlurmOptions, add_arguments, run_array
+from urd_lightning.benchmark.slurm import options as slurm_options
 from urd_lightning.data.categories import dataset_categories, order_categories
 from urd_lightning.errors import ConfigError
 from urd_lightning.training.train import train
@@ -162,6 +167,7 @@ def run_benchmark(
     collect_only: bool = False,
     on_done: Callable[[RunRecord], Any] | None = None,
     jobs_at_once: int = 0,
+    slurm: SlurmOptions | None = None,
 ) -> list[RunRecord]:
     """Run every job that is not already finished; returns one record per job, in the jobs' order.
 
@@ -174,6 +180,7 @@ def run_benchmark(
         force: Rerun categories that already have ``metrics.json`` (finished or from another config).
         collect_only: Do not train anything; just collect what exists (``--report-only``).
         on_done: Called with each record as it is known (progress reporting).
+        slurm: Submit the categories to run as one SLURM job array instead (``jobs_at_once``: its parallelism).
     """
     records: dict[str, RunRecord] = {}
     todo: list[Job] = []
@@ -209,7 +216,12 @@ def run_benchmark(
     def log_path(job: Job) -> Path:
         return reports / "logs" / f"{job.category}.log"
 
-    if (jobs_at_once or gpus) and not in_process and todo:
+    if slurm is not None and todo:
+        todo = [prepared(job) for job in todo]
+        tasks = [CategoryTask(train_command(job), log_path(job), job.run_dir) for job in todo]
+        run_array(tasks, slurm, reports / "submitit", f"urd-{todo[0].cfg.dataset}",
+                  lambda index, error: finish(todo[index], error))  # fmt: skip
+    elif (jobs_at_once or gpus) and not in_process and todo:
         slots = gpu_slots(jobs_at_once, gpus, _visible_gpus())
         todo = [prepared(job) for job in todo]
         run_concurrently([(train_command(job), log_path(job)) for job in todo], slots, reports / "submitit",
@@ -239,12 +251,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="resolve every config and print the commands only")
     parser.add_argument("--report-only", action="store_true", help="train nothing; table of what has finished")
     parser.add_argument("--no-plots", action="store_true", help="only the CSV and markdown table")
+    add_arguments(parser)
     return parser
+
+
+ALIASES = {"jobs": "--jobs", "gpus": "--gpus"}  # the issue's spelling, `benchmark ... jobs=8 gpus=0,1`: no config keys
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns 0 when every category has finished, 1 otherwise."""
-    args, overrides = _parser().parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    spelled = [part for item in argv for part in (
+        (ALIASES[item.split("=", 1)[0]], item.split("=", 1)[1]) if item.split("=", 1)[0] in ALIASES else (item,))]
+    args, overrides = _parser().parse_known_args(spelled)
     unknown = [item for item in overrides if item.startswith("-") or "=" not in item]
     if unknown:
         raise ConfigError(f"unknown benchmark argument(s) {unknown}; see `python -m urd_lightning benchmark --help`")
@@ -253,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = pairs.get("dataset") or urd_config.load_config([]).dataset
     overrides = [item for item in overrides if not item.startswith("dataset=")]
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    slurm = slurm_options(args)
     jobs = plan(dataset, overrides, categories)
     if args.task_index is not None:
         if not 0 <= args.task_index < len(jobs):
@@ -265,7 +285,14 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"[{index}] {job.category} ({state}): {' '.join(train_command(job))}\n")
         return 0
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
-    records = run_benchmark(jobs, args.in_process, gpus, args.force, args.report_only, jobs_at_once=args.jobs)
+    try:
+        records = run_benchmark(jobs, args.in_process, gpus, args.force, args.report_only, jobs_at_once=args.jobs,
+                                slurm=slurm)
+    except ArrayStillRunning as stopped:  # never scancel: the array is the user's, and it may be nearly done
+        again = shlex.join(["python", "-m", "urd_lightning", "benchmark", *argv, "--report-only"])
+        sys.stderr.write(f"interrupted: SLURM array {stopped.array_id} keeps running (scancel {stopped.array_id} "
+                         f"stops it); once it has ended, `{again}` writes the table\n")
+        return 130
     if args.task_index is None:
         out = Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run)
         paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], not args.no_plots)

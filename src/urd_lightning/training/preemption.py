@@ -8,6 +8,10 @@ own SLURM auto-resume finds it too) in the run folder, rank zero runs ``scontrol
 without the final evaluation. The requeued job (same run folder: the run name does not depend on the job) resumes
 with ``resume=auto``; ``URDModule.on_train_start`` continues a cut epoch where it stopped, so nothing is lost
 beyond the iteration in progress.
+
+Under ``benchmark --slurm`` the training is the child of a submitit job process, and submitit requeues the task
+(its own signal handler runs ``scontrol requeue`` after re-pickling the job): the launcher sets
+:data:`PARENT_REQUEUES_ENV` for the child, which then only saves and stops, so that exactly one of them requeues.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from urd_lightning.errors import CheckpointError
 
 log = logging.getLogger("urd_lightning")
 HPC_PATTERN = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
+# Set (to "submitit") by benchmark/slurm.py in the training process it starts: the parent requeues, not this process.
+PARENT_REQUEUES_ENV = "URD_PARENT_REQUEUES"
 
 
 def hpc_checkpoints(run_dir: Path) -> list[Path]:
@@ -98,9 +104,12 @@ class Requeue(Callback):
         self.preempted, self.requested = True, False
         trainer.should_stop = True
         if trainer.is_global_zero:
-            log.info("preempted at iteration %d: saved %s; requeueing the job (it continues with resume=auto)",
-                     getattr(pl_module, "iteration", trainer.global_step), path)
-            _requeue()
+            parent = os.environ.get(PARENT_REQUEUES_ENV)
+            log.info("preempted at iteration %d: saved %s; %s (it continues with resume=auto)",
+                     getattr(pl_module, "iteration", trainer.global_step), path,
+                     f"{parent} requeues the job" if parent else "requeueing the job")
+            if not parent:
+                _requeue()
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
