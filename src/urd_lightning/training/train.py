@@ -33,7 +33,6 @@ from urd_lightning.files import ensure_writable, write_atomic
 from urd_lightning.training.builders import (
     build_datamodule,
     build_module,
-    execution_record,
     run_dir_of,
     trainer_kwargs,
 )
@@ -110,7 +109,6 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     # Under SLURM our Requeue callback, not Lightning's signal handler, checkpoints and requeues (preemption.py).
     requeue = Requeue(run_dir) if slurm else None
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
-            "execution": execution_record(cfg, kwargs, module),
             "texture_source": cfg.data.textures}  # dtd (the paper's) | procedural | none (no synthesis)
     results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
     trainer = Trainer(
@@ -126,7 +124,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    runtime = runtime_info(trainer, module.hparams.channels_last)  # what the config's nulls resolved to
+    # What the config's nulls resolved to and every speed setting in force (one block: metrics.json, config.yaml, W&B).
+    runtime = runtime_info(trainer, module, kwargs["deterministic"], kwargs["benchmark"])
     results.meta["runtime"] = runtime
     if rank_zero_only.rank == 0:
         write_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
