@@ -52,15 +52,17 @@ from urd_lightning.training.runtime import runtime_info
 log = logging.getLogger("urd_lightning")
 
 
-def _check_resume_file(cfg: DictConfig, path: str) -> None:
+def _check_resume_file(cfg: DictConfig, path: str) -> int:
     """Read the checkpoint ``fit`` will continue from safely (tensors mapped, not loaded) before Lightning does.
 
-    A damaged, foreign or unsafe file stops here with one line instead of a traceback from inside fit().
+    A damaged, foreign or unsafe file stops here with one line instead of a traceback from inside fit(). Returns the
+    checkpoint's ``global_step`` (Lightning's optimizer steps).
     """
     checkpoint = load_checkpoint_file(Path(path), mmap=True)
     if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
                               "'urd_lightning' extras or loop state); give a last.ckpt that training wrote")
+    return int(checkpoint.get("global_step", 0))
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
@@ -85,15 +87,16 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     run_dir = run_dir_of(cfg)
     ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
     ckpt_path = resume_path(cfg.resume, run_dir)  # null, last, auto (SLURM requeue) or a path
-    if ckpt_path is not None:
-        _check_resume_file(cfg, ckpt_path)  # a bad resume= file stops here, before anything is built or written
+    # A bad resume= file stops here, before anything is built or written.
+    resumed_step = _check_resume_file(cfg, ckpt_path) if ckpt_path is not None else None
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic = bool(cfg.trainer.deterministic)  # the authors' True with deterministic=true
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    logger = build_logger(cfg, run_dir, resuming=ckpt_path is not None)  # a new attempt gets a new W&B run
-    every = int(cfg.eval.every_n_steps)
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
+    # A new attempt gets a new W&B run and a new metrics.csv; a resume continues both from the checkpoint's iteration.
+    logger = build_logger(cfg, run_dir, resumed_at=None if resumed_step is None else resumed_step // per_iteration)
+    every = int(cfg.eval.every_n_steps)
     kwargs = trainer_kwargs(cfg)  # max_steps in URD iterations: URDModule.setup scales it to optimizer steps
     show_progress = kwargs.pop("enable_progress_bar")  # our bar counts URD iterations over the whole run
     # The run folder is this run's: last.ckpt is always rewritten, never versioned to last-v1.ckpt (which happens
