@@ -27,13 +27,14 @@ WANDB_ID_FILE = "wandb_run_id.txt"  # the W&B run of this run folder's current t
 
 
 class _LightningNoise(logging.Filter):
-    """Drops two Lightning info lines that mislead here.
+    """Drops three Lightning info lines that mislead here.
 
     ``Trainer.fit stopped: max_steps=N`` counts optimizer steps, twice the URD iterations the user asked for (the
-    summary says which iteration the run reached), and the LitLogger tip advertises a service unrelated to a run.
+    summary says which iteration the run reached), the LitLogger tip advertises a service unrelated to a run, and
+    "Detected KeyboardInterrupt" precedes an exit code that train() replaces (``interrupt.py``: one line, 130).
     """
 
-    PREFIXES = ("`Trainer.fit` stopped: `max_steps=", "💡 Tip: For seamless cloud")
+    PREFIXES = ("`Trainer.fit` stopped: `max_steps=", "💡 Tip: For seamless cloud", "\nDetected KeyboardInterrupt")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.getMessage()).startswith(self.PREFIXES)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from urd_lightning.training.callbacks import (
     checkpoint_bytes,
     warn_if_disk_small,
 )
+from urd_lightning.training.interrupt import InterruptWatch, TrainingInterrupted, interruption
 from urd_lightning.training.loggers import build_logger, finish, require_logger_package, setup_console_logging
 from urd_lightning.training.preemption import Requeue, resume_path
 from urd_lightning.training.results import ResultsWriter
@@ -76,6 +78,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         ``{metric: value}`` of the final-iteration evaluation, plus ``oracle/<metric>`` when periodic test-set
         evaluation ran; empty when a SLURM preemption stopped training (the job was requeued).
     """
+    started = time.time()  # a last.ckpt older than this is an earlier attempt's (interrupt.py)
     setup_console_logging()
     require_logger_package(cfg)  # a missing optional logger package stops here, not after the data set-up
     # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, urd-method.md §3.3).
@@ -114,9 +117,10 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
             "texture_source": cfg.data.textures}  # dtd (the paper's) | procedural | none (no synthesis)
     results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
+    watch = InterruptWatch()
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
-        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
+        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results, watch,
                    *([IterationProgress()] if show_progress else []), *([requeue] if requeue else []),
                    *(callbacks or [])],
         enable_progress_bar=False,
@@ -134,11 +138,16 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         write_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
     if logger:
         logger.log_hyperparams({"runtime": runtime})
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # Ctrl+C: Lightning shuts down, then exits with 1; interruption() makes it exit 130 with how to continue.
+    where = {"run_dir": run_dir, "resumed_from": ckpt_path, "started": started, "per_iteration": per_iteration,
+             "first_save": max(1, min(cfg.checkpoint_every_n_steps, cfg.trainer.max_steps))}
+    with interruption(watch, "training", module, where, cleanup=lambda: finish(logger)):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if requeue is not None and requeue.preempted:
         finish(logger)
         return {}  # the requeued job resumes (resume=auto) and evaluates at the end
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    with interruption(watch, "the final evaluation", module, where, cleanup=lambda: finish(logger)):
+        trainer.test(module, datamodule=datamodule, verbose=False)
     finish(logger)
     if checkpoint_io.disk_full is not None:  # the results are written; now say that the checkpoint is not
         raise checkpoint_io.disk_full
@@ -156,5 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip() + "\n\nResolved config for these arguments (every key can be overridden):\n")
         print(to_yaml(load_config([a for a in argv if a not in {"-h", "--help"}])))
         return 0
-    train(load_config(argv))
+    try:
+        train(load_config(argv))
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(exc.line(argv), None) from None  # the continue command, spelled out
     return 0
