@@ -45,6 +45,7 @@ import yaml  # noqa: E402
 from bench_gpu_report import markdown, projection  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 
+from urd_lightning.hardware import native_bf16  # noqa: E402
 from urd_lightning.training.module import URDModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,17 +70,21 @@ def settings(mode: str, device: torch.device) -> dict[str, Any]:
 
     ``authors``: as their code ran (fp32, separate forwards; their ``setup_seed`` sets cudnn.deterministic and turns
     cudnn.benchmark off, and nothing else). ``default``: the project's defaults, as train.py resolves them.
+    ``default-fp32``: the defaults with ``trainer.precision=32-true``.
     ``deterministic``: the defaults with ``trainer.deterministic=true`` (what ``experiment=authors`` runs): Lightning
     also turns on ``torch.use_deterministic_algorithms``, which fills every new tensor's memory (a real cost).
     """
     cuda = device.type == "cuda"
     if mode == "authors":
-        return {"precision": "32-true", "channels_last": False, "batched_eval_forwards": False,
+        return {"precision": "32-true", "channels_last": False, "batched_eval_forwards": False, "fused_adam": False,
                 "cudnn_deterministic": True, "benchmark": False, "torch_deterministic": False}
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if mode == "default-fp32":  # the defaults at trainer.precision=32-true: what bf16 adds, apart from the rest
+        return {**settings("default", device), "precision": "32-true"}
+    bf16 = native_bf16(cuda)  # as trainer.precision: null resolves (GPU or avx512_bf16/AMX CPU)
     strict = mode == "deterministic"
     return {"precision": "bf16-mixed" if bf16 else "32-true", "channels_last": cuda, "batched_eval_forwards": True,
-            "cudnn_deterministic": strict, "benchmark": cuda and not strict, "torch_deterministic": strict}
+            "fused_adam": True, "cudnn_deterministic": strict, "benchmark": cuda and not strict,
+            "torch_deterministic": strict}
 
 
 class IterationTimer(Callback):
@@ -143,6 +148,7 @@ def fit_timed(template: URDModule, mode: str, args: argparse.Namespace, device: 
     module = copy.deepcopy(template)
     module.hparams.channels_last = s["channels_last"]
     module.hparams.batched_eval_forwards = s["batched_eval_forwards"]
+    module.fused_adam = s["fused_adam"]
     if compile_backend:
         module.model.compile_parts(backend=compile_backend)
     torch.backends.cudnn.deterministic = s["cudnn_deterministic"]

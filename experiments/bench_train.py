@@ -4,10 +4,13 @@ Runs the real training step (``URDModule.training_step`` under a Lightning ``Tra
 Adams) on random tensors, so it measures compute only (no disk, no synthesis), in these modes (settings as in
 ``bench_gpu.settings``):
 
-- ``authors``: fp32, the expert's and the eval-mode teacher's forwards of x and x~ run separately,
-  cudnn deterministic without cudnn.benchmark (their ``setup_seed``) — what the authors' code does;
-- ``default``: the project defaults on this device (CPU: fp32, batched eval forwards; CUDA: + bf16-mixed,
-  channels-last, cudnn.benchmark);
+- ``authors``: fp32, the expert's and the eval-mode teacher's forwards of x and x~ run separately, PyTorch's
+  default (unfused) Adam, cudnn deterministic without cudnn.benchmark (their ``setup_seed``) — what the authors'
+  code does;
+- ``default``: the project defaults on this device: batched eval forwards, fused Adam, bf16-mixed where the device
+  has bf16 hardware (a GPU, or a CPU with ``avx512_bf16``/AMX; else fp32); on CUDA also channels-last and
+  cudnn.benchmark;
+- ``default-fp32``: the defaults with ``trainer.precision=32-true`` (what bf16 adds, apart from the rest);
 - ``deterministic``: the defaults with ``trainer.deterministic=true`` (torch deterministic algorithms, as
   ``experiment=authors`` runs);
 - ``compile`` (``--compile``): the defaults + ``torch.compile`` (compiled once, in the first repeat's warm-up).
@@ -55,6 +58,7 @@ def build(template: URDModule, mode: str, device: torch.device) -> URDModule:
     module = copy.deepcopy(template)
     module.hparams.channels_last = s["channels_last"]
     module.hparams.batched_eval_forwards = s["batched_eval_forwards"]
+    module.fused_adam = s["fused_adam"]
     module.hparams.compile = mode == "compile"
     return module
 
@@ -87,7 +91,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per mode")
     parser.add_argument("--modes", default="authors,default",
-                        help="comma-separated: authors, default, deterministic, compile")
+                        help="comma-separated: authors, default, default-fp32, deterministic, compile")
     parser.add_argument("--compile", action="store_true", help="add the compile mode")
     parser.add_argument("--eval-batches", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu", help="cpu or cuda")

@@ -14,7 +14,7 @@ from urd_lightning.config import CONFIG_DIR, load_config
 EXPECTED = {
     # The defaults follow the paper's network (GII); the file pins it, insists on DTD and adds the oracle evaluations.
     "paper": {"data.textures": "dtd", "data.dtd_root": "datasets/dtd", "eval.every_n_steps": 250},
-    "authors": {"model.injection": "concat", "trainer.deterministic": True},
+    "authors": {"model.injection": "concat", "trainer.deterministic": True, "trainer.precision": "32-true"},
     "rd4ad": {
         "model.expert": False,
         "model.train_teacher": False,

@@ -124,3 +124,21 @@ def test_unknown_variant_is_rejected():
     f = _feat([[1, 0]])
     with pytest.raises(ValueError, match="variant"):
         student_loss([f], None, [f], None, variant="paper")
+
+
+@pytest.mark.parametrize("loss", ["teacher", "student"])
+def test_losses_are_fp32_under_cpu_bf16_autocast(loss):
+    # CPU autocast, unlike CUDA's, leaves cosine_similarity in bf16: the losses must lift the features themselves.
+    torch.manual_seed(0)
+    feats = [[torch.randn(2, 8 * 2**i, 16 // 2**i, 16 // 2**i, dtype=torch.bfloat16) for i in range(3)]
+             for _ in range(4)]
+    mask = (torch.rand(2, 1, 64, 64) > 0.7).float()
+    def run(fs):
+        if loss == "teacher":
+            return total(teacher_loss(fs[0], fs[1], fs[2], fs[3], mask))
+        return total(student_loss(fs[0], fs[1], fs[2], fs[3]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = run(feats)
+    reference = run([[f.float() for f in level] for level in feats])  # the same bf16 values, computed in fp32
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, rtol=1e-6, atol=1e-6)

@@ -11,6 +11,7 @@ import torch
 from urd_lightning.benchmark.records import read_run
 from urd_lightning.config import load_config
 from urd_lightning.errors import DataError
+from urd_lightning.hardware import native_bf16
 from urd_lightning.training.builders import run_dir_of
 from urd_lightning.training.module import NonFiniteLossError
 from urd_lightning.training.train import main, train
@@ -34,18 +35,19 @@ def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):
     payload = json.loads((run / "metrics.json").read_text())
     assert payload["final"] == pytest.approx(metrics) and payload["steps"] == 1 and "oracle" not in payload
     assert {"dataset", "category", "run", "injection", "durations"} <= set(payload)
+    precision = "bf16-mixed" if native_bf16(cuda=False) else "32-true"  # trainer.precision: null, on this CPU
     assert payload["texture_source"] == cfg.data.textures in ("dtd", "procedural")  # issue 13: said where read
     assert (run / "config.yaml").is_file() and (run / "roc_curve.png").is_file() and (run / "pro_curve.png").is_file()
     # How it ran, effective values (the config's precision/channels_last are null = "pick for the hardware").
     runtime = payload["runtime"]  # one block: every fact once (no second "execution" block)
     assert "execution" not in payload
-    assert (runtime["precision"], runtime["channels_last"], runtime["accelerator"]) == ("32-true", False, "cpu")
+    assert (runtime["precision"], runtime["channels_last"], runtime["accelerator"]) == (precision, False, "cpu")
     assert {k: runtime[k] for k in ("deterministic", "cudnn_benchmark", "compile", "batched_eval_forwards")} == {
         "deterministic": False, "cudnn_benchmark": False, "compile": False, "batched_eval_forwards": True}
     assert (runtime["processes"], runtime["devices_per_node"], runtime["strategy"]) == (1, 1, "single_device")
     assert runtime["version"] and all(runtime["versions"][p] for p in ("torch", "lightning", "timm"))
     assert runtime["git_commit"] is None or len(runtime["git_commit"].split("+")[0]) == 40
-    assert read_run(run).config["runtime.precision"] == "32-true"  # a results.csv column (config.runtime.*)
+    assert read_run(run).config["runtime.precision"] == precision  # a results.csv column (config.runtime.*)
     assert len(list((run / "images").glob("*.png"))) == 2
     # The checkpoint names no Python class (no module path of this package): it survives moving code around.
     assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "checkpoints" / "last.ckpt") == []

@@ -7,6 +7,10 @@ loss to back-propagate is the sum of the values. Feature lists are ordered shall
 Two cosine granularities are used, exactly as in the authors' code (§10 item 4):
 - per-pixel: cosine over channels at every position, ``(B,C,h,w)`` → ``(B,h,w)``;
 - flattened: cosine between the ``C·h·w`` vectors of each sample, ``(B,C,h,w)`` → ``(B,)``.
+
+Both run in fp32 whatever the features' dtype: under bf16 autocast the networks' features are bf16, and CUDA's
+autocast would lift ``cosine_similarity`` to fp32 but CPU's would not (a bf16 flattened cosine over ~10⁵ values,
+and a loss rounded to bf16's 8 bits). fp32 and fp64 features are used as they are.
 """
 
 from __future__ import annotations
@@ -22,14 +26,19 @@ Variant = Literal["head", "first_commit"]
 FIRST_COMMIT_WEIGHT = 0.1
 
 
+def at_least_fp32(t: Tensor) -> Tensor:
+    """``t`` in fp32 if it is a half type (bf16/fp16 under autocast); fp32 and fp64 unchanged (no copy)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def pixel_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Per-pixel cosine over channels: ``(B,C,h,w)`` → ``(B,h,w)`` (eps 1e-8, torch's default)."""
-    return F.cosine_similarity(a, b, dim=1)
+    """Per-pixel cosine over channels: ``(B,C,h,w)`` → ``(B,h,w)`` (eps 1e-8, torch's default), in fp32."""
+    return F.cosine_similarity(at_least_fp32(a), at_least_fp32(b), dim=1)
 
 
 def flat_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Cosine between flattened samples: ``(B,C,h,w)`` → ``(B,)``."""
-    return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+    """Cosine between flattened samples: ``(B,C,h,w)`` → ``(B,)``, in fp32."""
+    return F.cosine_similarity(at_least_fp32(a).flatten(1), at_least_fp32(b).flatten(1), dim=1)
 
 
 def resize_masks(mask: Tensor, feats: list[Tensor]) -> list[Tensor]:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from urd_lightning.data.datamodule import AnomalyDataModule
 from urd_lightning.errors import ConfigError
+from urd_lightning.hardware import native_bf16
 from urd_lightning.training.module import URDModule
 
 # Lightning's DDP names and their launch method; every one gets find_unused_parameters=True below.
@@ -75,8 +76,8 @@ def _interactive() -> bool:
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``Trainer`` arguments from ``cfg.trainer`` with per-accelerator defaults filled in."""
     kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
-    if kwargs["precision"] is None:  # bf16 autocast where the GPU supports it; full fp32 on CPU (the authors: fp32)
-        kwargs["precision"] = "bf16-mixed" if _on_cuda(cfg) and torch.cuda.is_bf16_supported() else "32-true"
+    if kwargs["precision"] is None:  # bf16 autocast where the hardware computes bf16 natively, else fp32 (the authors)
+        kwargs["precision"] = "bf16-mixed" if native_bf16(_on_cuda(cfg)) else "32-true"
     # cuDNN autotuning picks the fastest convolution algorithms (not bit-reproducible); trainer.deterministic=true
     # turns it off, as the authors' setup_seed did (urd-method.md section 5). Lightning applies it.
     kwargs["benchmark"] = _on_cuda(cfg) and not kwargs["deterministic"]
