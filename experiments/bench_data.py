@@ -2,6 +2,7 @@
 
     python experiments/bench_data.py [--images 60] [--dtd 200] [--samples 120] [--size 256] [--profile]
     python experiments/bench_data.py --resize-only
+    python experiments/bench_data.py --startup [--dtd-files 5640]
 
 Writes a temporary MVTec-like category (900² PNGs, the size of MVTec bottle) and a fake DTD folder of 640×480 JPEGs
 (the size of most DTD images), then times ``AnomalyDataset`` training items in this one process, as one loader
@@ -17,6 +18,15 @@ pixel cache (it then measures the no-cache path only), which gave the "before" f
 Resize methods (``--resize-only``, ``data.resize``), 1024² → 256²: a blurred-noise RGB image (with and without fine
 noise on top) and a mask of 1-3 px wide lines; the figures are quoted in ``data/transforms.py``.
 
+Start-up (``--startup``): the time a run spends keying the pixel cache of DTD (``DTDTextures(root, cache_dir=...)``:
+listing the folder and hashing every file) in a fresh process each time, on a DTD-like tree written to /tmp: 5,640
+JPEGs in 47 class folders, ~105 KB each (DTD is ~600 MB). ``cold``: no digest memo yet (the first run on this cache
+folder: every file is read and hashed); ``warm``: the next runs (the memo in the cache folder says which files are
+unchanged). The first pair of figures has the files in the page cache (they were just written); the second evicts
+the tree's files from the page cache before each start-up (``posix_fadvise``, these files only), as after a reboot
+or on another node. Code without the memo (``PYTHONPATH=<older checkout>/src``) reads every file at every start-up,
+which gives the "before" figures.
+
 Figures: ``docs/performance.md``, section "Data pipeline (CPU)".
 """
 
@@ -25,7 +35,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import inspect
+import os
 import pstats
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +134,78 @@ def bench_pipeline(args: argparse.Namespace) -> None:
                     pstats.Stats(profile).sort_stats("tottime").print_stats(12)
 
 
+STARTUP_CHILD = """
+import sys, time
+from urd_lightning.data.synthesis import DTDTextures
+start = time.perf_counter()
+DTDTextures(sys.argv[1], cache_dir=sys.argv[2])
+print(time.perf_counter() - start)
+"""
+
+
+def write_dtd_like(root: Path, count: int) -> int:
+    """``count`` JPEGs (640×480, ~105 KB) in 47 class folders; returns the total bytes.
+
+    One image is encoded per class; each file is that JPEG with its own comment segment after the start marker, so
+    every file has different bytes (a different digest) without encoding 5,640 images.
+    """
+    rng = np.random.default_rng(0)
+    total = 0
+    bases = []
+    for k in range(47):  # DTD's 47 classes
+        image = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 1.2)
+        bases.append(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        (root / "images" / f"class{k:02d}").mkdir(parents=True)
+    for i in range(count):
+        base = bases[i % 47]
+        comment = f"urd bench file {i}".encode()
+        data = base[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + base[2:]
+        (root / "images" / f"class{i % 47:02d}" / f"{i:05d}.jpg").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def evict(root: Path) -> None:
+    """Drop the tree's files (only these) from the page cache, so the next read comes from the disk (Linux)."""
+    for path in root.rglob("*.jpg"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def bench_startup(args: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        root, cache = Path(tmp) / "dtd", Path(tmp) / "cache"
+        start = time.perf_counter()
+        total = write_dtd_like(root, args.dtd_files)
+        print(f"wrote {args.dtd_files} JPEGs, {total / 1e6:.0f} MB, in {time.perf_counter() - start:.0f} s")
+        time.sleep(2.5)  # real DTD files are old; files younger than digests.RACY_NS are never remembered
+
+        def startup(from_disk: bool) -> float:
+            if from_disk:
+                evict(root)
+            done = subprocess.run([sys.executable, "-c", STARTUP_CHILD, str(root), str(cache)], check=True,
+                                  capture_output=True, text=True)
+            return float(done.stdout.strip().splitlines()[-1])
+
+        for from_disk in (False, True):
+            shutil.rmtree(cache, ignore_errors=True)  # no memo: the first run on this cache folder
+            cold = startup(from_disk)
+            warm = sorted(startup(from_disk) for _ in range(args.repeats))
+            memo = cache / "file-digests.json"
+            size = f"{memo.stat().st_size / 1e3:.0f} KB" if memo.is_file() else "none (code without the memo)"
+            where = "files read from disk (evicted from the page cache)" if from_disk else "page cache warm"
+            print(f"start-up, DTD-like tree ({args.dtd_files} files, {total / 1e6:.0f} MB, {where}), fresh process "
+                  f"each: cold {cold:.2f} s; warm median {warm[len(warm) // 2]:.2f} s (min {warm[0]:.2f}, max "
+                  f"{warm[-1]:.2f}, {args.repeats} runs); digest memo: {size}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=60, help="training images (900² PNG)")
@@ -130,7 +214,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--profile", action="store_true", help="cProfile the last setting of each texture source")
     parser.add_argument("--resize-only", action="store_true", help="only compare the resize methods")
+    parser.add_argument("--startup", action="store_true", help="only time the start-up hashing of a DTD-like tree")
+    parser.add_argument("--dtd-files", type=int, default=5640, help="files of the DTD-like tree (--startup)")
+    parser.add_argument("--repeats", type=int, default=3, help="warm start-ups timed (--startup)")
     args = parser.parse_args()
+    if args.startup:
+        bench_startup(args)
+        return
     cv2.setNumThreads(1)  # one loader worker (data/workers.py)
     torch.set_num_threads(1)
     compare_resize(args.size)

@@ -199,6 +199,44 @@ def test_bad_weights_files_are_one_line_for_every_command(mvtec_root, tmp_path, 
     assert snapshot(tmp_path) == before and not out.exists()
 
 
+GOOD_EXTRAS = {"model": {"backbone": "resnet18"}, "image_size": 32, "dataset": "mvtec", "category": "bottle"}
+BAD_EXTRAS = {  # kind -> (extras, words of the expected line); one checker (checkpoint_io.validate_extras) for all
+    "no_extras": (None, "not one of urd-lightning's"),
+    "no_image_size": ({k: v for k, v in GOOD_EXTRAS.items() if k != "image_size"}, "lacks image_size"),
+    "size_as_text": ({**GOOD_EXTRAS, "image_size": "32"}, "malformed image_size (str, expected int)"),
+    "model_as_list": ({**GOOD_EXTRAS, "model": ["resnet18"]}, "malformed model (list, expected dict)"),
+    "no_category": ({k: v for k, v in GOOD_EXTRAS.items() if k != "category"}, "lacks category"),
+}
+
+
+# predict needs no category (only test reads it, to find the test set), so that case is test's alone.
+@pytest.mark.parametrize(("command", "kind"), [(c, k) for k in sorted(BAD_EXTRAS) for c in ("test", "predict")
+                                               if (c, k) != ("predict", "no_category")])
+def test_missing_or_wrong_extras_are_one_line_for_test_and_predict(mvtec_root, tmp_path, capsys, command, kind):
+    extras, expected = BAD_EXTRAS[kind]
+    ckpt = tmp_path / f"{kind}.ckpt"
+    torch.save({"state_dict": {"model.w": torch.zeros(1)}, **({"urd_lightning": extras} if extras else {})}, ckpt)
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    argv = {"test": ["test", f"ckpt={ckpt}", f"data.root={mvtec_root}"],
+            "predict": ["predict", f"ckpt={ckpt}", f"input={mvtec_root}", f"output={out}"]}[command]
+    code, line = run_cli(capsys, *argv)
+    assert code == 2 and str(ckpt) in line and expected in line
+    fix = "Retrain with this package" if kind == "no_extras" else "write it again with urd-lightning's training"
+    assert fix in line and snapshot(tmp_path) == before and not out.exists()
+    if kind == "no_category":  # the test command also says how to do without it
+        assert line.endswith("or give data.category=...")
+
+
+def test_test_command_takes_the_category_from_the_command_line_when_the_extras_lack_it(mvtec_root, tmp_path, capsys):
+    extras = {k: v for k, v in GOOD_EXTRAS.items() if k != "category"}
+    ckpt = tmp_path / "no_category.ckpt"
+    torch.save({"state_dict": {"model.w": torch.zeros(1)}, "urd_lightning": extras}, ckpt)
+    code, line = run_cli(capsys, "test", f"ckpt={ckpt}", f"data.root={mvtec_root}", "data.category=bottle",
+                         "model.pretrained=false", "data.num_workers=0")
+    assert code == 2 and "does not match the network" in line  # got past the extras: the weights are what is wrong
+
+
 # --- raw tracebacks: a NaN before the first checkpoint, an interrupt mid-write, an unwritable output folder ----------
 
 @pytest.mark.slow  # trains
@@ -246,12 +284,12 @@ def test_interrupt_during_a_checkpoint_write_keeps_the_previous_one(mvtec_root, 
     monkeypatch.setattr(callbacks.torch, "save", interrupted)
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT while it shuts down
     try:
-        with pytest.raises(SystemExit) as stopped:
-            main([*argv, "trainer.max_steps=2", "resume=last"])
+        code = main([*argv, "trainer.max_steps=2", "resume=last"])
     finally:
         signal.signal(signal.SIGINT, handler)
     err = capsys.readouterr().err
-    assert stopped.value.code == 1 and "Traceback" not in err and "unexpected pos" not in err
+    assert code == 130 and "Traceback" not in err and "unexpected pos" not in err
+    assert f"the last checkpoint is {last} (iteration 1); continue with: python -m urd_lightning train" in err
     assert last.read_bytes() == before[str(last.relative_to(tmp_path))]
     assert not [p for p in last.parent.iterdir() if p.name != "last.ckpt"]  # no temporary file left
 

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except URDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # 130: the shell's code for SIGINT; training says how to continue
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -29,6 +29,9 @@ from urd_lightning.files import write_via
 
 WEIGHTS_SUFFIX = ".safetensors"
 EXTRAS_KEY = "urd_lightning"  # the checkpoint entry (and safetensors metadata key) holding the extras
+REQUIRED_EXTRAS = {"model": dict, "image_size": int}  # what every reader needs to rebuild the network
+EXTRA_TYPES = {**REQUIRED_EXTRAS, "dataset": str, "category": str}  # checked where present or asked for
+REWRITE = "write it again with urd-lightning's training (or export format=weights from a complete .ckpt)"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -108,6 +111,42 @@ def load_checkpoint_file(path: str | Path, trust_checkpoint: bool = False, trust
     except Exception as exc:  # noqa: BLE001 - any failure left here means damaged bytes
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
                               f"{_first_line(exc)}") from exc
+
+
+def validate_extras(path: str | Path, checkpoint: Any, also: tuple[str, ...] = (), fix: str = REWRITE
+                    ) -> dict[str, Any]:
+    """The ``urd_lightning`` extras of a loaded checkpoint, checked the same way for ``test``, ``predict``, ``export``.
+
+    Args:
+        path: the file it was read from (named in every message).
+        checkpoint: what :func:`load_inference_file` returned.
+        also: keys this reader needs besides ``model`` and ``image_size`` (``test`` needs dataset and category
+            unless the command line gives them).
+        fix: how to repair a file whose extras lack a key or hold a wrong type (the end of the message).
+
+    Raises:
+        CheckpointError: one line naming the file and the fix: not a Lightning checkpoint, not one of this package's,
+            an extra missing or of the wrong type.
+    """
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'). Give the "
+                              ".ckpt that training wrote, e.g. results/<dataset>/<category>/<run>/checkpoints/"
+                              "last.ckpt")
+    extras = checkpoint.get(EXTRAS_KEY)
+    if not isinstance(extras, dict):
+        raise CheckpointError(f"{path} is a Lightning checkpoint but not one of urd-lightning's: it has no "
+                              f"'{EXTRAS_KEY}' entry (written by URDModule.on_save_checkpoint). Retrain with this "
+                              "package, or, for the authors' checkpoint, use "
+                              "urd_lightning.models.load_authors_checkpoint")
+    missing = [key for key in (*REQUIRED_EXTRAS, *also) if key not in extras]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] lacks {', '.join(missing)}; the file is "
+                              f"incomplete: {fix}")
+    wrong = [f"{key} ({type(extras[key]).__name__}, expected {kind.__name__})" for key, kind in EXTRA_TYPES.items()
+             if key in extras and (not isinstance(extras[key], kind) or isinstance(extras[key], bool))]
+    if wrong:
+        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] has a malformed {', '.join(wrong)}: {fix}")
+    return extras
 
 
 def is_weights_file(path: str | Path) -> bool:

@@ -129,6 +129,33 @@ def test_csv_has_metrics_durations_and_flattened_config(mvtec_tree: Path):
     assert by_cat["extra"]["status"] == "failed" and by_cat["extra"]["error"] == "boom"
 
 
+def test_runtime_columns_are_the_same_for_old_runs_with_an_execution_block(tmp_path: Path):
+    # A run written before metrics.json had one runtime block: speed settings under "execution", runtime without them.
+    old = make_run(tmp_path, "btad", "01", "r", 0.9)
+    payload = json.loads((old / "metrics.json").read_text())
+    payload["execution"] = {"device": "cuda", "precision": "bf16-mixed", "deterministic": False,
+                            "cudnn_benchmark": True, "channels_last": True, "compile": False,
+                            "batched_eval_forwards": True}
+    payload["runtime"] = {"precision": "bf16-mixed", "channels_last": True, "accelerator": "cuda", "processes": 1}
+    (old / "metrics.json").write_text(json.dumps(payload))
+    new = make_run(tmp_path, "btad", "02", "r", 0.8)
+    payload = json.loads((new / "metrics.json").read_text())
+    payload["runtime"] = {"precision": "32-true", "channels_last": False, "accelerator": "cpu", "processes": 1,
+                          "deterministic": True, "cudnn_benchmark": False, "compile": True,
+                          "batched_eval_forwards": False}
+    (new / "metrics.json").write_text(json.dumps(payload))
+    assert main([str(tmp_path / "btad"), "--no-plots"]) == 0
+    with (tmp_path / "btad" / "_reports" / "r" / "results.csv").open() as handle:
+        rows = {row["category"]: row for row in csv.DictReader(handle)}
+    facts = ("accelerator", "precision", "deterministic", "cudnn_benchmark", "channels_last", "compile",
+             "batched_eval_forwards")
+    assert [rows["01"][f"config.runtime.{k}"] for k in facts] == ["cuda", "bf16-mixed", "False", "True", "True",
+                                                                  "False", "True"]
+    assert [rows["02"][f"config.runtime.{k}"] for k in facts] == ["cpu", "32-true", "True", "False", "False", "True",
+                                                                  "False"]
+    assert not any(column.startswith(("execution", "config.execution")) for column in rows["01"])
+
+
 def test_write_report_plots_bars_and_curve_sheets(tmp_path: Path):
     import matplotlib.pyplot as plt
 

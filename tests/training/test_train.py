@@ -36,14 +36,14 @@ def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):
     assert payload["final"] == pytest.approx(metrics) and payload["steps"] == 1 and "oracle" not in payload
     assert {"dataset", "category", "run", "injection", "durations"} <= set(payload)
     precision = "bf16-mixed" if native_bf16(cuda=False) else "32-true"  # trainer.precision: null, on this CPU
-    assert payload["execution"] == {"device": "cpu", "precision": precision, "deterministic": False,
-                                    "cudnn_benchmark": False, "channels_last": False, "compile": False,
-                                    "batched_eval_forwards": True}
     assert payload["texture_source"] == cfg.data.textures in ("dtd", "procedural")  # issue 13: said where read
     assert (run / "config.yaml").is_file() and (run / "roc_curve.png").is_file() and (run / "pro_curve.png").is_file()
     # How it ran, effective values (the config's precision/channels_last are null = "pick for the hardware").
-    runtime = payload["runtime"]
+    runtime = payload["runtime"]  # one block: every fact once (no second "execution" block)
+    assert "execution" not in payload
     assert (runtime["precision"], runtime["channels_last"], runtime["accelerator"]) == (precision, False, "cpu")
+    assert {k: runtime[k] for k in ("deterministic", "cudnn_benchmark", "compile", "batched_eval_forwards")} == {
+        "deterministic": False, "cudnn_benchmark": False, "compile": False, "batched_eval_forwards": True}
     assert (runtime["processes"], runtime["devices_per_node"], runtime["strategy"]) == (1, 1, "single_device")
     assert runtime["version"] and all(runtime["versions"][p] for p in ("torch", "lightning", "timm"))
     assert runtime["git_commit"] is None or len(runtime["git_commit"].split("+")[0]) == 40

@@ -16,6 +16,9 @@ from typing import Any
 from urd_lightning.errors import URDError
 
 REPORTS_DIRNAME = "_reports"  # folders starting with "_" are never read as categories
+# Runs written before metrics.json had one ``runtime`` block kept the speed settings in a second block, ``execution``;
+# its keys under their ``runtime`` names (the others are the same in both).
+LEGACY_EXECUTION_KEYS = {"device": "accelerator"}
 
 
 @dataclass
@@ -29,7 +32,8 @@ class RunRecord:
         status: ``done`` (metrics.json read), ``failed``, ``missing`` or ``conflict`` (set by the runner).
         path: The run folder, when known.
         metrics: The parsed metrics.json (empty unless done).
-        config: The run's ``config.yaml`` flattened to dotted keys (empty if absent).
+        config: The run's ``config.yaml`` flattened to dotted keys (empty if absent), with ``runtime.*`` completed
+            from metrics.json (:func:`runtime_of`).
         error: What went wrong, for failed/conflict rows.
     """
 
@@ -53,6 +57,14 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def runtime_of(metrics: dict[str, Any]) -> dict[str, Any]:
+    """How a run ran, from its metrics.json: the ``runtime`` block, completed by an older run's ``execution`` block."""
+    runtime = dict(metrics.get("runtime") or {})
+    for key, value in (metrics.get("execution") or {}).items():
+        runtime.setdefault(LEGACY_EXECUTION_KEYS.get(key, key), value)
+    return runtime
+
+
 def read_run(run_dir: Path) -> RunRecord:
     """Read one run folder (``metrics.json`` and, if present, ``config.yaml``).
 
@@ -74,6 +86,8 @@ def read_run(run_dir: Path) -> RunRecord:
         import yaml  # PyYAML ships with omegaconf
 
         config = flatten(yaml.safe_load(config_path.read_text()) or {})
+    # One set of runtime.* columns for old and new runs alike: metrics.json's facts win over config.yaml's copy.
+    config.update(flatten(runtime_of(metrics), "runtime"))
     return RunRecord(str(dataset), str(category), str(run), "done", run_dir, metrics, config)
 
 

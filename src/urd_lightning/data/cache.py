@@ -7,7 +7,8 @@ others from the shared page cache. 1,000 training images at 256² take 197 MB, a
 
 - The file name is a hash of what the pixels depend on: the bytes of every source file (or, for generated textures,
   the generator's version), the model size and the resize method. A changed image gives a new file; stale files are
-  never read (delete ``.cache/urd/pixels`` to reclaim the space).
+  never read (delete ``.cache/urd/pixels`` to reclaim the space). The files' digests are remembered in the cache
+  folder (``digests.py``), so an unchanged DTD is not read again at every start-up.
 - The file is created sparse and complete under a temporary name, then linked to its final name, which fails if
   another process got there first: everyone then opens the same file. Each slot has a flag byte, set after the
   slot's pixels are written; a slot whose flag is 0 is (re)computed, so a process killed mid-write leaves no half
@@ -26,14 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
+from urd_lightning.data.digests import file_digests
+
 CACHE_VERSION = 1  # bump when the slot layout or what a slot holds changes
 
 
-def content_digest(paths: Sequence[str | Path]) -> str:
-    """One sha1 over the bytes of every file, in order (about 2 GB/s: under a second for a category or DTD)."""
+def content_digest(paths: Sequence[str | Path], memo_dir: str | Path | None = None) -> str:
+    """One sha1 over the sha1 of every file's bytes, in order.
+
+    The files' digests come from :func:`digests.file_digests`: read once per run, and with ``memo_dir`` not read
+    again at the next start-up while unchanged (DTD is 5,640 files, ~600 MB).
+    """
     digest = hashlib.sha1()
-    for path in paths:
-        digest.update(hashlib.sha1(Path(path).read_bytes()).digest())
+    for file_digest in file_digests(paths, memo_dir):
+        digest.update(bytes.fromhex(file_digest))
     return digest.hexdigest()
 
 

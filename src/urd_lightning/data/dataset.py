@@ -52,7 +52,8 @@ class AnomalyDataset(Dataset):
         self.resizer = Resizer(image_size, resize)
         self.cache: PixelCache | None = None
         if train and pixel_cache_dir and self.samples:
-            key = f"train|{content_digest([s.image_path for s in self.samples])}|{resize}"
+            # The digests are shared with the foreground masks (one read per image per run) and memoised on disk.
+            key = f"train|{content_digest([s.image_path for s in self.samples], pixel_cache_dir)}|{resize}"
             self.cache = PixelCache(pixel_cache_dir, "train", key, len(self.samples), image_size)
 
     def __len__(self) -> int:

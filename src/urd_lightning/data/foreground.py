@@ -6,18 +6,19 @@ Follows urd-method.md section 4 (authors' ``train.py`` category lists and ``get_
 - ``none`` (textures, transistor): no restriction.
 Both run on the BGR image resized to the model size with INTER_LINEAR, as the authors do. GrabCut takes about a
 second per image, so each mask is written once to ``cache_dir`` under a key made of the method, the size and a hash
-of the image file's bytes: a changed image gets a new key, and workers, ranks and later runs reuse the files.
+of the image file's bytes: a changed image gets a new key, and workers, ranks and later runs reuse the files. The
+hashes come from ``digests.py``: shared with the pixel cache, and remembered in ``cache_dir`` across runs.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from urd_lightning.data.digests import file_digests
 from urd_lightning.data.transforms import read_rgb
 from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
@@ -47,13 +48,8 @@ def compute_foreground(image_rgb: np.ndarray, method: str, size: int) -> np.ndar
     raise ConfigError(f"data.foreground={method!r}: use one of {', '.join(METHODS)} or 'auto'")
 
 
-def _cache_key(path: str | Path, method: str, size: int) -> str:
-    digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
-    return f"{method}-{size}-{digest}"
-
-
-def _cache_file(path: str | Path, method: str, size: int, cache_dir: str | Path) -> Path:
-    return Path(cache_dir) / f"{_cache_key(path, method, size)}.png"
+def _cache_file(digest: str, method: str, size: int, cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / f"{method}-{size}-{digest}.png"
 
 
 def cached_foreground(path: str | Path, method: str, size: int, cache_dir: str | Path,
@@ -64,7 +60,7 @@ def cached_foreground(path: str | Path, method: str, size: int, cache_dir: str |
     """
     if method == "none":
         return None
-    cache_file = cache_file or _cache_file(path, method, size, cache_dir)
+    cache_file = cache_file or _cache_file(file_digests([path])[0], method, size, cache_dir)
     if cache_file.is_file():
         cached = cv2.imread(str(cache_file), cv2.IMREAD_GRAYSCALE)
         if cached is not None and cached.shape == (size, size):
@@ -87,7 +83,8 @@ def foreground_masks(paths: Sequence[str], method: str, size: int, cache_dir: st
     if method == "none":
         return [None] * len(paths)
     paths = [str(p) for p in paths]
-    files = [_cache_file(p, method, size, cache_dir) for p in paths]  # each image's bytes hashed once
+    # Each image's bytes hashed once per run (the pixel cache reuses the digests), not at all while memoised.
+    files = [_cache_file(d, method, size, cache_dir) for d in file_digests(paths, cache_dir)]
     todo = [i for i, f in enumerate(files) if not f.is_file()]
     pending = set(todo)
     bar = None

@@ -110,7 +110,8 @@ class DTDTextures(_TextureBank):
 
     Resized with ``resize`` (``pil``: Pillow bilinear, as the authors; ``cv2``: see ``transforms``). With
     ``cache_dir`` each image is decoded and resized once per run and shared by the workers (``data/cache.py``); the
-    cache is keyed by the bytes of every image, so the folder is read once here to hash it.
+    cache is keyed by the bytes of every image, hashed once and remembered in ``cache_dir`` (``data/digests.py``),
+    so a later start-up with an unchanged DTD reads none of its files.
     """
 
     name = "dtd"
@@ -123,7 +124,7 @@ class DTDTextures(_TextureBank):
         if not self.paths:
             raise DataError(f"no DTD images under {base} (data.dtd_root): expected images/<class>/*.jpg. Get DTD with: "
                             f"python -m urd_lightning data download dtd --root {root}, or set data.textures=procedural")
-        digest = content_digest(self.paths) if cache_dir else ""  # the cache key: the bytes of every image
+        digest = content_digest(self.paths, cache_dir) if cache_dir else ""  # the cache key: every image's bytes
         super().__init__(len(self.paths), f"dtd|{digest}|{self.resize}", cache_dir)
 
     def _make(self, index: int, size: int) -> np.ndarray:

@@ -22,12 +22,11 @@ import torch
 from torch import nn
 
 from urd_lightning import __version__
-from urd_lightning.checkpoint_io import EXTRAS_KEY, load_inference_file, save_weights_file
+from urd_lightning.checkpoint_io import EXTRAS_KEY, load_inference_file, save_weights_file, validate_extras
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import write_via
 
 MODEL_PREFIX = "model."
-_REQUIRED_EXTRAS = ("model", "image_size")
 
 
 @dataclass(frozen=True)
@@ -59,33 +58,12 @@ class CheckpointInfo:
     resize: str = "cv2"
 
 
-def _validate_extras(path: Path, checkpoint: Any) -> dict[str, Any]:
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'). Give the .ckpt that "
-            "training wrote, e.g. results/<dataset>/<category>/<run>/checkpoints/last.ckpt."
-        )
-    extras = checkpoint.get(EXTRAS_KEY)
-    if not isinstance(extras, dict):
-        raise CheckpointError(
-            f"{path} is a Lightning checkpoint but not one of urd-lightning's: it has no '{EXTRAS_KEY}' entry "
-            "(written by URDModule.on_save_checkpoint). Retrain with this package, or, for the authors' "
-            "checkpoint, use urd_lightning.models.load_authors_checkpoint."
-        )
-    missing = [key for key in _REQUIRED_EXTRAS if key not in extras]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] lacks {missing}; the file is incomplete.")
-    if not isinstance(extras["model"], dict) or not isinstance(extras["image_size"], int):
-        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] has a malformed 'model' or 'image_size'.")
-    return extras
-
-
 def _load(path: Path, trust_checkpoint: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The validated extras and the network's weights (``model.`` prefix removed) of a .ckpt or .safetensors."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=PATH to a .ckpt written by training")
     checkpoint = load_inference_file(path, trust_checkpoint, trust_hint="pass trust_checkpoint=true to load it")
-    extras = _validate_extras(path, checkpoint)
+    extras = validate_extras(path, checkpoint)
     state = {
         key[len(MODEL_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()

@@ -85,14 +85,6 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def execution_record(cfg: DictConfig, kwargs: dict[str, Any], module: Any) -> dict[str, Any]:
-    """How the run computed (``execution`` in metrics.json): the speed settings in force, none a method choice."""
-    return {"device": "cuda" if _on_cuda(cfg) else "cpu", "precision": str(kwargs["precision"]),
-            "deterministic": kwargs["deterministic"], "cudnn_benchmark": bool(kwargs["benchmark"]),
-            "channels_last": bool(module.hparams.channels_last), "compile": bool(cfg.compile),
-            "batched_eval_forwards": bool(cfg.batched_eval_forwards)}
-
-
 def run_dir_of(cfg: DictConfig) -> Path:
     """``<output_dir>/<dataset>/<category>/<run>``."""
     return Path(cfg.output_dir) / str(cfg.dataset) / str(cfg.data.category) / str(cfg.run)

@@ -16,7 +16,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
-from urd_lightning.checkpoint_io import load_inference_file
+from urd_lightning.checkpoint_io import EXTRAS_KEY, REWRITE, load_inference_file, validate_extras
 from urd_lightning.config import load_config
 from urd_lightning.errors import CheckpointError, ConfigError
 from urd_lightning.files import ensure_writable, write_atomic
@@ -25,13 +25,17 @@ from urd_lightning.training.loggers import setup_console_logging
 from urd_lightning.training.results import METRIC_ORDER
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
+def _read_checkpoint(path: Path, given: set[str]) -> dict[str, Any]:
+    """The checkpoint and its checked extras; dataset and category are needed unless the command line gives them."""
     if not path.is_file():
         raise CheckpointError(f"ckpt={path} does not exist; give results/<dataset>/<category>/<run>/checkpoints/"
                               "last.ckpt")
     checkpoint = load_inference_file(path)  # a .ckpt or export's weights-only .safetensors; no code runs; one line
-    if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} has no 'urd_lightning' extras: it was not written by urd-lightning training")
+    needed = {key: arg for key, arg in (("dataset", "dataset"), ("category", "data.category")) if arg not in given}
+    extras = checkpoint.get(EXTRAS_KEY) if isinstance(checkpoint, dict) else None
+    lacking = [arg for key, arg in needed.items() if not isinstance(extras, dict) or key not in extras]
+    fix = REWRITE + (", or give " + " and ".join(f"{arg}=..." for arg in lacking) if lacking else "")
+    validate_extras(path, checkpoint, also=tuple(needed), fix=fix)
     return checkpoint
 
 
@@ -42,10 +46,10 @@ def evaluate_checkpoint(argv: list[str]) -> int:
     if not ckpt:
         raise ConfigError("the test command needs ckpt=PATH (e.g. results/mvtec/bottle/<run>/checkpoints/last.ckpt)")
     path = Path(ckpt)
-    checkpoint = _read_checkpoint(path)
-    ensure_writable(path.parent.parent if path.parent.name == "checkpoints" else path.parent, "ckpt folder")
-    extras = checkpoint["urd_lightning"]
     given = {a.split("=", 1)[0] for a in argv}
+    checkpoint = _read_checkpoint(path, given)
+    ensure_writable(path.parent.parent if path.parent.name == "checkpoints" else path.parent, "ckpt folder")
+    extras = checkpoint[EXTRAS_KEY]
     implied = [f"dataset={extras['dataset']}"] if "dataset" not in given else []
     if "data.category" not in given:
         implied.append(f"data.category={extras['category']}")

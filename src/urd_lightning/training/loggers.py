@@ -7,7 +7,6 @@ start, training continues with a CSV logger and a warning.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import logging
 import netrc
@@ -16,26 +15,26 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from urd_lightning.errors import ConfigError
+from urd_lightning.training.history import HistoryCSVLogger
 
 log = logging.getLogger("urd_lightning")
 WANDB_ID_FILE = "wandb_run_id.txt"  # the W&B run of this run folder's current training attempt
 
 
 class _LightningNoise(logging.Filter):
-    """Drops two Lightning info lines that mislead here.
+    """Drops three Lightning info lines that mislead here.
 
     ``Trainer.fit stopped: max_steps=N`` counts optimizer steps, twice the URD iterations the user asked for (the
-    summary says which iteration the run reached), and the LitLogger tip advertises a service unrelated to a run.
+    summary says which iteration the run reached), the LitLogger tip advertises a service unrelated to a run, and
+    "Detected KeyboardInterrupt" precedes an exit code that train() replaces (``interrupt.py``: one line, 130).
     """
 
-    PREFIXES = ("`Trainer.fit` stopped: `max_steps=", "💡 Tip: For seamless cloud")
+    PREFIXES = ("`Trainer.fit` stopped: `max_steps=", "💡 Tip: For seamless cloud", "\nDetected KeyboardInterrupt")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.getMessage()).startswith(self.PREFIXES)
@@ -89,14 +88,15 @@ def require_logger_package(cfg: DictConfig) -> None:
                           "(or choose logger=csv or logger=none)")
 
 
-def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logger | bool:
+def build_logger(cfg: DictConfig, run_dir: Path, resumed_at: int | None = None) -> Logger | bool:
     """The experiment logger named by ``cfg.logger`` (``wandb``, ``tensorboard``, ``csv`` or ``none``).
 
     Args:
         cfg: the resolved config (its ``wandb`` block is used for W&B).
         run_dir: the run's results folder; CSV and offline W&B files go below it.
-        resuming: training continues from a checkpoint (``resume=``, a requeued SLURM job): continue that attempt's
-            W&B run. Otherwise a new attempt gets a new W&B run.
+        resumed_at: the URD iteration of the checkpoint training continues from (``resume=``, a requeued SLURM job):
+            continue that attempt's W&B run and CSV history (``history.py``). None: a new attempt gets a new W&B run
+            and a new ``metrics.csv``.
 
     Returns:
         A Lightning logger, or ``False`` for no logger.
@@ -104,7 +104,7 @@ def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logg
     require_logger_package(cfg)
     if cfg.logger == "none":
         return False
-    csv = HistoryCSVLogger(save_dir=str(run_dir), name="logs", version="")
+    csv = HistoryCSVLogger(resumed_at, save_dir=str(run_dir), name="logs", version="")
     if cfg.logger == "csv":
         return csv
     if cfg.logger == "tensorboard":  # for clusters without W&B: `tensorboard --logdir <run>/tensorboard`
@@ -113,7 +113,7 @@ def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> Logg
     if mode == "offline":
         log.info("W&B: not logged in (or offline) - logging offline under %s/wandb; upload later with `wandb sync`.",
                  run_dir)
-    run_id = _wandb_id(run_dir, resuming)
+    run_id = _wandb_id(run_dir, resuming=resumed_at is not None)
     for attempt in ([mode, "offline"] if mode == "online" else [mode]):
         try:
             logger = _wandb_logger(cfg, run_dir, attempt, run_id)
@@ -219,34 +219,3 @@ def log_summary(logger: Logger | bool, values: dict[str, Any]) -> None:
                 logger.experiment.summary.update(values)
         except Exception as exc:  # noqa: BLE001 - a W&B problem never kills a run
             log.warning("W&B summary update failed (%s).", exc)
-
-
-# --- CSV history across resumes (issue 14) ---
-
-class _KeepingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that it keeps an existing ``metrics.csv``: a resumed run appends to it.
-
-    (Lightning deletes the file when the folder is reused, so after ``resume=`` only the resumed part was left.)
-    """
-
-    def __init__(self, log_dir: str) -> None:
-        super().__init__(log_dir=log_dir)
-        if self._fs.isfile(self.metrics_file_path):  # continue with the earlier columns (new ones rewrite the header)
-            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
-                self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
-
-    def _check_log_dir_exists(self) -> None:
-        return None
-
-
-class HistoryCSVLogger(CSVLogger):
-    """``CSVLogger`` whose ``metrics.csv`` keeps the whole history of a run, before and after a resume."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        """The writer (made on first use, on rank zero), keeping the earlier rows."""
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingWriter(log_dir=self.log_dir)
-        return self._experiment

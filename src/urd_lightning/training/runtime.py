@@ -1,8 +1,11 @@
-"""How a run actually ran: effective precision, memory format, devices, strategy, versions and the git commit.
+"""How a run actually ran, in one ``runtime`` block: every setting in force, devices, versions and the git commit.
 
 The config says what was asked (``trainer.precision: null`` means "pick for the hardware"); this block says what
-was used, so a CPU fp32 run and a GPU bf16 run of the same config differ in ``config.yaml``, ``metrics.json``,
-``results.csv`` (flattened as ``config.runtime.*``) and the W&B config (``runtime.*``).
+was used, each fact once: precision, channels-last, cudnn autotuning, determinism, compile and batched forwards
+(speed settings, none a method choice), accelerator, devices, strategy, versions. A CPU fp32 run and a GPU bf16 run
+of the same config therefore differ in ``config.yaml``, ``metrics.json``, ``results.csv`` (flattened as
+``config.runtime.*``) and the W&B config (``runtime.*``). Runs written before this block held the speed settings
+had a second block, ``execution``; the benchmark report still reads it (``benchmark/records.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 
 from urd_lightning import __version__
 
@@ -43,13 +46,26 @@ def git_commit(where: Path = PACKAGE_DIR) -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def runtime_info(trainer: Trainer, channels_last: bool) -> dict[str, Any]:
-    """The effective settings of ``trainer`` (built, not necessarily fitted) and the software versions."""
+def runtime_info(trainer: Trainer, module: LightningModule, deterministic: bool, cudnn_benchmark: bool
+                 ) -> dict[str, Any]:
+    """The effective settings of ``trainer`` (built, not necessarily fitted) and ``module``, and the versions.
+
+    Args:
+        trainer: the run's trainer.
+        module: the run's ``URDModule`` (its hparams hold channels_last, compile and batched_eval_forwards).
+        deterministic: the ``deterministic`` the trainer was built with.
+        cudnn_benchmark: the ``benchmark`` (cuDNN autotuning) the trainer was built with.
+    """
     device = trainer.strategy.root_device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    hparams = module.hparams
     return {
         "precision": str(trainer.precision),  # Lightning's resolved value, e.g. 32-true or bf16-mixed
-        "channels_last": bool(channels_last),
+        "channels_last": bool(hparams.channels_last),
+        "deterministic": bool(deterministic),
+        "cudnn_benchmark": bool(cudnn_benchmark),
+        "compile": bool(hparams.compile),
+        "batched_eval_forwards": bool(hparams.batched_eval_forwards),
         "accelerator": device.type,
         "device_name": name,
         "devices_per_node": int(trainer.num_devices),

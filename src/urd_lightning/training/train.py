@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -33,7 +34,6 @@ from urd_lightning.files import ensure_writable, write_atomic
 from urd_lightning.training.builders import (
     build_datamodule,
     build_module,
-    execution_record,
     run_dir_of,
     trainer_kwargs,
 )
@@ -45,6 +45,7 @@ from urd_lightning.training.callbacks import (
     checkpoint_bytes,
     warn_if_disk_small,
 )
+from urd_lightning.training.interrupt import InterruptWatch, TrainingInterrupted, interruption
 from urd_lightning.training.loggers import build_logger, finish, require_logger_package, setup_console_logging
 from urd_lightning.training.preemption import Requeue, resume_path
 from urd_lightning.training.results import ResultsWriter
@@ -53,15 +54,17 @@ from urd_lightning.training.runtime import runtime_info
 log = logging.getLogger("urd_lightning")
 
 
-def _check_resume_file(cfg: DictConfig, path: str) -> None:
+def _check_resume_file(cfg: DictConfig, path: str) -> int:
     """Read the checkpoint ``fit`` will continue from safely (tensors mapped, not loaded) before Lightning does.
 
-    A damaged, foreign or unsafe file stops here with one line instead of a traceback from inside fit().
+    A damaged, foreign or unsafe file stops here with one line instead of a traceback from inside fit(). Returns the
+    checkpoint's ``global_step`` (Lightning's optimizer steps).
     """
     checkpoint = load_checkpoint_file(Path(path), mmap=True)
     if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
                               "'urd_lightning' extras or loop state); give a last.ckpt that training wrote")
+    return int(checkpoint.get("global_step", 0))
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
@@ -75,6 +78,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         ``{metric: value}`` of the final-iteration evaluation, plus ``oracle/<metric>`` when periodic test-set
         evaluation ran; empty when a SLURM preemption stopped training (the job was requeued).
     """
+    started = time.time()  # a last.ckpt older than this is an earlier attempt's (interrupt.py)
     setup_console_logging()
     require_logger_package(cfg)  # a missing optional logger package stops here, not after the data set-up
     # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, urd-method.md §3.3).
@@ -86,15 +90,16 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     run_dir = run_dir_of(cfg)
     ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
     ckpt_path = resume_path(cfg.resume, run_dir)  # null, last, auto (SLURM requeue) or a path
-    if ckpt_path is not None:
-        _check_resume_file(cfg, ckpt_path)  # a bad resume= file stops here, before anything is built or written
+    # A bad resume= file stops here, before anything is built or written.
+    resumed_step = _check_resume_file(cfg, ckpt_path) if ckpt_path is not None else None
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic = bool(cfg.trainer.deterministic)  # the authors' True with deterministic=true
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    logger = build_logger(cfg, run_dir, resuming=ckpt_path is not None)  # a new attempt gets a new W&B run
-    every = int(cfg.eval.every_n_steps)
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
+    # A new attempt gets a new W&B run and a new metrics.csv; a resume continues both from the checkpoint's iteration.
+    logger = build_logger(cfg, run_dir, resumed_at=None if resumed_step is None else resumed_step // per_iteration)
+    every = int(cfg.eval.every_n_steps)
     kwargs = trainer_kwargs(cfg)  # max_steps in URD iterations: URDModule.setup scales it to optimizer steps
     show_progress = kwargs.pop("enable_progress_bar")  # our bar counts URD iterations over the whole run
     # The run folder is this run's: last.ckpt is always rewritten, never versioned to last-v1.ckpt (which happens
@@ -110,12 +115,12 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     # Under SLURM our Requeue callback, not Lightning's signal handler, checkpoints and requeues (preemption.py).
     requeue = Requeue(run_dir) if slurm else None
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
-            "execution": execution_record(cfg, kwargs, module),
             "texture_source": cfg.data.textures}  # dtd (the paper's) | procedural | none (no synthesis)
     results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
+    watch = InterruptWatch()
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
-        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results,
+        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results, watch,
                    *([IterationProgress()] if show_progress else []), *([requeue] if requeue else []),
                    *(callbacks or [])],
         enable_progress_bar=False,
@@ -126,17 +131,23 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         val_check_interval=every if every > 0 else None, check_val_every_n_epoch=None if every > 0 else 1,
         limit_val_batches=cfg.trainer.limit_test_batches if every > 0 else 0,
     )
-    runtime = runtime_info(trainer, module.hparams.channels_last)  # what the config's nulls resolved to
+    # What the config's nulls resolved to and every speed setting in force (one block: metrics.json, config.yaml, W&B).
+    runtime = runtime_info(trainer, module, kwargs["deterministic"], kwargs["benchmark"])
     results.meta["runtime"] = runtime
     if rank_zero_only.rank == 0:
         write_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
     if logger:
         logger.log_hyperparams({"runtime": runtime})
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # Ctrl+C: Lightning shuts down, then exits with 1; interruption() makes it exit 130 with how to continue.
+    where = {"run_dir": run_dir, "resumed_from": ckpt_path, "started": started, "per_iteration": per_iteration,
+             "first_save": max(1, min(cfg.checkpoint_every_n_steps, cfg.trainer.max_steps))}
+    with interruption(watch, "training", module, where, cleanup=lambda: finish(logger)):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if requeue is not None and requeue.preempted:
         finish(logger)
         return {}  # the requeued job resumes (resume=auto) and evaluates at the end
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    with interruption(watch, "the final evaluation", module, where, cleanup=lambda: finish(logger)):
+        trainer.test(module, datamodule=datamodule, verbose=False)
     finish(logger)
     if checkpoint_io.disk_full is not None:  # the results are written; now say that the checkpoint is not
         raise checkpoint_io.disk_full
@@ -154,5 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip() + "\n\nResolved config for these arguments (every key can be overridden):\n")
         print(to_yaml(load_config([a for a in argv if a not in {"-h", "--help"}])))
         return 0
-    train(load_config(argv))
+    try:
+        train(load_config(argv))
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(exc.line(argv), None) from None  # the continue command, spelled out
     return 0
