@@ -244,7 +244,11 @@ class URDModule(LightningModule):
         self._pick_samples(self.trainer.test_dataloaders)
 
     def _eval_step(self, batch: dict[str, Any], metrics: AnomalyMetrics) -> None:
-        maps, scores = self.model.predict(self._input(batch["image"]))
+        # The network evaluates at its weights' precision, never under the training's bf16 autocast: test numbers,
+        # thresholds and score statistics then equal what predict/export compute from the checkpoint (fp32).
+        dtype = next(self.model.parameters()).dtype
+        with torch.autocast(self.device.type, enabled=False):
+            maps, scores = self.model.predict(self._input(batch["image"].to(dtype)))
         maps, scores = maps.float(), scores.float()
         gt_mask = (batch["gt_mask"] > 0.5).float()
         metrics.update(maps, gt_mask, scores, batch["gt_label"])
