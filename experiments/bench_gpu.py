@@ -191,7 +191,7 @@ def evaluate(template: URDModule, args: argparse.Namespace, device: torch.device
             h, w = torch.randint(2, args.size // 4, (2,), generator=g).tolist()
             y, x = torch.randint(0, args.size - max(h, w), (2,), generator=g).tolist()
             masks[b, i, 0, y:y + h, x:x + w] = 1
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s["precision"] == "bf16-mixed")
+    autocast = torch.autocast(device.type, enabled=False)  # evaluation runs fp32 whatever the training precision
 
     def one_pass(metrics: Any, keep: list | None) -> tuple[float, dict[str, float]]:
         sync(device)

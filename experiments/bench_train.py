@@ -17,7 +17,7 @@ Adams) on random tensors, so it measures compute only (no disk, no synthesis), i
 
 Each repeat runs every mode once (interleaved, so load swings on a shared machine hit all modes alike); the first
 ``--warmup`` iterations of each run are not timed. Prints min and median seconds per iteration per mode, their
-ratio to ``authors``, and evaluation images/s (``URD.predict``: map + σ = 4 blur + max score).
+ratio to ``authors``, and evaluation images/s (``URD.predict`` in fp32 as evaluation runs: map + σ = 4 blur + score).
 
     python experiments/bench_train.py --backbone wide_resnet50_2.tv_in1k --size 128 --batch 4 --iters 3 --repeats 3
     python experiments/bench_train.py --backbone resnet18 --size 128 --batch 8 --compile
@@ -66,7 +66,7 @@ def build(template: URDModule, mode: str, device: torch.device) -> URDModule:
 def eval_images_per_s(module: URDModule, args: argparse.Namespace, device: torch.device) -> float:
     s = settings("default", device)
     model = module.model.to(device).eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s["precision"] == "bf16-mixed")
+    autocast = torch.autocast(device.type, enabled=False)  # evaluation runs fp32 whatever the training precision
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     if s["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -117,7 +117,7 @@ def main() -> None:
         med = statistics.median(times[mode])
         print(f"{mode:>8}: min {min(times[mode]):.3f} s, median {med:.3f} s per iteration "
               f"({1 / med:.3f} iterations/s); median / {modes[0]}'s = {med / base:.3f}")
-    print(f"eval (defaults): {eval_images_per_s(modules[modes[-1]], args, device):.2f} images/s")
+    print(f"eval (fp32, as every evaluation runs): {eval_images_per_s(modules[modes[-1]], args, device):.2f} images/s")
 
 
 if __name__ == "__main__":
