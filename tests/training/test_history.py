@@ -107,3 +107,7 @@ def test_crash_resume_and_rerun_give_each_iteration_once(mvtec_root, tmp_path):
     assert [float(r["iteration"]) for r in rows_of(csv_path) if r.get("train/loss_student")] == [1]
     assert (csv_path.parent / "metrics.1.csv").read_bytes() == resumed
     assert payload["steps"] == 4
+    # The evaluation of iteration 2 ran after last.ckpt was saved at 2; the resume brings its row back (results.py).
+    assert [row["step"] for row in payload["periodic"]] == [1, 2, 3, 4]
+    fresh = json.loads((run_dir_of(cfg) / "metrics.json").read_text())
+    assert [row["step"] for row in fresh.get("periodic", [])] == [1]  # the fresh attempt: none of the old rows

@@ -22,6 +22,10 @@ from urd_lightning.training.callbacks import AtomicCheckpointIO
 from urd_lightning.training.loggers import log_final, log_summary
 
 TRAIN_STATE = "train_state.json"  # steps, training time and periodic evaluations, written at the end of training
+# Every periodic evaluation so far, rewritten after each one. A checkpoint saved at iteration k is written before the
+# evaluation of k runs (Lightning checkpoints at the end of the batch, then validates), and a resume from it does not
+# repeat that evaluation: the row comes back from this file.
+PERIODIC_LOG = "periodic.json"
 METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
                 "pixel_AUPRO_per_image")
 
@@ -118,6 +122,20 @@ class ResultsWriter(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
+        log_file, resumed_at = self.run_dir / PERIODIC_LOG, int(pl_module.iteration)
+        if resumed_at == 0:  # a fresh attempt: an earlier attempt's rows are not this run's
+            if trainer.global_rank == 0:
+                log_file.unlink(missing_ok=True)
+            return
+        known = {row["step"] for row in pl_module.periodic}
+        logged = json.loads(log_file.read_text()) if log_file.is_file() else []
+        missed = [row for row in logged if row["step"] <= resumed_at and row["step"] not in known]
+        pl_module.periodic = sorted([*pl_module.periodic, *missed], key=lambda row: row["step"])
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_rank == 0 and not trainer.sanity_checking and trainer.state.fn == "fit":
+            write_atomic(self.run_dir / PERIODIC_LOG, json.dumps(pl_module.periodic) + "\n")
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
