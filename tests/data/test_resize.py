@@ -120,6 +120,16 @@ def test_check_warns_when_a_defect_mask_vanishes_at_model_size(tiny_defect_mvtec
     assert "1 warning(s)" in out and "000_mask.png" in out
 
 
+def test_datamodule_setup_logs_each_check_warning_once(tiny_defect_mvtec, tmp_path, caplog):
+    from urd_lightning.data.datamodule import AnomalyDataModule
+
+    dm = AnomalyDataModule("mvtec", root=str(tiny_defect_mvtec), category="bottle", image_size=16, num_workers=0,
+                           foreground="none", cache_dir=str(tmp_path / "fg"))
+    with caplog.at_level("WARNING"):
+        dm.setup("test")
+    assert len([r for r in caplog.records if "000_mask.png" in r.getMessage()]) == 1  # the vanishing defect
+
+
 def test_config_module_and_datamodule_pass_the_method_through(mvtec_root, tmp_path):
     from urd_lightning.config import load_config
     from urd_lightning.data.datamodule import AnomalyDataModule

@@ -77,9 +77,7 @@ class CheckReport:
 
 
 def raise_on_problems(report: CheckReport, limit: int = 20) -> None:
-    """Raise a DataError listing the report's problems (the first ``limit``), if any."""
-    for warning in report.warnings:
-        log.warning("data check: %s", warning)
+    """Raise a DataError listing the report's problems (the first ``limit``), if any (warnings: ``log_warnings``)."""
     if report.ok:
         return
     shown = "\n  ".join(str(p) for p in report.problems[:limit])

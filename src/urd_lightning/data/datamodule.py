@@ -129,8 +129,8 @@ class AnomalyDataModule(L.LightningDataModule):
             if self.check:
                 report = check_dataset(self.benchmark, self.root, self.category, image_size=self.image_size,
                                        resize=self.resize, **self.folder_options)
+                log_warnings(report)  # once, before a problem stops the run
                 raise_on_problems(report)
-                log_warnings(report)
             test = index(self.benchmark, self.root, self.category, "test", **self.folder_options)
             self.test_data = AnomalyDataset(test, self.image_size, train=False, resize=self.resize)
         if self.train_data is None and stage in (None, "fit"):  # test/predict runs skip the (slow) foregrounds
