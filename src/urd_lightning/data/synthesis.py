@@ -18,6 +18,7 @@ same float64 products and sums, so the noise is bit-identical to the straightfor
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import cv2
@@ -79,7 +80,7 @@ def perlin_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     return (rotated > PERLIN_THRESHOLD).astype(np.float32)
 
 
-class _TextureBank:
+class _TextureBank(ABC):
     """``count`` textures, texture ``k`` made by ``_make(k, size)`` as uint8, one drawn uniformly per sample.
 
     With ``cache_dir`` each texture is made once per run and shared by the workers (``data/cache.py``), under a file
@@ -92,8 +93,9 @@ class _TextureBank:
         self._count, self._key, self.cache_dir = count, key, cache_dir
         self._caches: dict[int, PixelCache] = {}
 
+    @abstractmethod
     def _make(self, index: int, size: int) -> np.ndarray:
-        raise NotImplementedError
+        """Texture ``index`` of the bank at ``size`` x ``size``, as ``(size, size, 3)`` uint8."""
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """One ``(size, size, 3)`` texture drawn uniformly, as float32 in [0, 1]; not augmented (as the authors)."""
@@ -147,10 +149,6 @@ class ProceduralTextures(_TextureBank):
         super().__init__(PROCEDURAL_BANK, f"procedural|{PROCEDURAL_VERSION}", cache_dir)
 
     def _make(self, index: int, size: int) -> np.ndarray:
-        return self.texture(index, size)
-
-    @staticmethod
-    def texture(index: int, size: int) -> np.ndarray:
         """Texture ``index`` of the bank as ``(size, size, 3)`` uint8 (its own generator, seeded by the index)."""
         rng = np.random.default_rng([PROCEDURAL_VERSION, index])
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size

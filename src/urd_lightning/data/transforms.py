@@ -120,16 +120,12 @@ class Resizer:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Returns the resized uint8 image and the resized binary float32 mask (or None); masks are {0, 1}."""
-        if self.method == "pil":
-            return pil_resize(image, self.size), None if mask is None else self.resize_mask(mask)
-        interpolation = interpolation_for(image.shape[:2], self.size)
-        resized = cv2.resize(image, (self.size, self.size), interpolation=interpolation)
+        resized = resize_image(image, self.size, self.method)
         if mask is None:
             return resized, None
-        if mask.shape[:2] != image.shape[:2]:
+        if self.method == "cv2" and mask.shape[:2] != image.shape[:2]:  # cv2: the mask's interpolation is the image's
             mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-        mask = cv2.resize(mask.astype(np.float32), (self.size, self.size), interpolation=interpolation)
-        return resized, (mask > 0.5).astype(np.float32)
+        return resized, self.resize_mask(mask)
 
 
 def normalize(image01: np.ndarray) -> torch.Tensor:
