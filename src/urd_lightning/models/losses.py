@@ -9,8 +9,9 @@ Two cosine granularities are used, exactly as in the authors' code (§10 item 4)
 - flattened: cosine between the ``C·h·w`` vectors of each sample, ``(B,C,h,w)`` → ``(B,)``.
 
 Both run in fp32 whatever the features' dtype: under bf16 autocast the networks' features are bf16, and CUDA's
-autocast would lift ``cosine_similarity`` to fp32 but CPU's would not (a bf16 flattened cosine over ~10⁵ values,
-and a loss rounded to bf16's 8 bits). fp32 and fp64 features are used as they are.
+autocast would lift ``cosine_similarity`` to fp32 but CPU's would not (a bf16 flattened cosine over the C·h·w
+values of a level, 262,144 to 1,048,576 for WideResNet-50 at 256², and a loss rounded to bf16's 8 bits). fp32
+and fp64 features are used as they are.
 """
 
 from __future__ import annotations

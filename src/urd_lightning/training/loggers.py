@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from urd_lightning.errors import ConfigError
+from urd_lightning.files import write_atomic
 from urd_lightning.training.history import HistoryCSVLogger
 
 log = logging.getLogger("urd_lightning")
@@ -163,8 +164,7 @@ def _wandb_id(run_dir: Path, resuming: bool) -> str:
         return stored.read_text().strip()
     run_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stored.write_text(run_id + "\n")
+        write_atomic(stored, run_id + "\n")
     return run_id
 
 
