@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.training import train_tiny
 from urd_lightning.__main__ import main as cli_main
 from urd_lightning.data.transforms import Resizer, normalize, read_rgb
 from urd_lightning.deploy.checkpoint import load_model, save_checkpoint
@@ -211,18 +212,7 @@ def test_empty_folder_is_a_data_error(tiny: dict, tmp_path: Path) -> None:
 def test_trained_checkpoint_predict_reproduces_evaluation(mvtec_root: Path, tmp_path: Path) -> None:
     """A real Lightning checkpoint loads with weights_only and predict sees the evaluation's exact inputs:
     the extreme scores over the test set equal the score statistics the test stage stored."""
-    from urd_lightning.config import load_config
-    from urd_lightning.training.builders import run_dir_of
-    from urd_lightning.training.train import train
-
-    cfg = load_config([
-        f"data.root={mvtec_root}", "model.backbone=resnet18", "model.pretrained=false", "data.image_size=32",
-        "data.train_batch_size=2", "data.eval_batch_size=7", "data.num_workers=0", "trainer.accelerator=cpu",
-        "trainer.max_steps=1", "trainer.enable_progress_bar=false", "logger=none", f"output_dir={tmp_path}",
-        "eval.num_samples=2", f"data.cache_dir={tmp_path / 'cache'}",
-    ])
-    train(cfg)
-    ckpt = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    _, ckpt = train_tiny(mvtec_root, tmp_path)
     summary = predict(ckpt, Path(mvtec_root) / "bottle" / "test", tmp_path / "pred", device="cpu", progress=False)
     stats = summary["score_stats"]
     scores = [row["raw_score"] for row in summary["images"]]

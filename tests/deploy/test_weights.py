@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from helpers.training import train_tiny
 from urd_lightning.__main__ import main as cli_main
 from urd_lightning.checkpoint_io import EXTRAS_KEY, load_checkpoint_file
 from urd_lightning.deploy.checkpoint import load_model, save_checkpoint
@@ -112,18 +113,9 @@ def test_renamed_weights_file_is_recognised_by_its_bytes(tiny: dict, tmp_path: P
 
 @pytest.mark.slow  # trains one iteration, then evaluates twice
 def test_test_command_gives_identical_metrics_from_weights(mvtec_root: Path, tmp_path: Path) -> None:
-    from urd_lightning.config import load_config
     from urd_lightning.training.builders import run_dir_of
-    from urd_lightning.training.train import train
 
-    cfg = load_config([
-        f"data.root={mvtec_root}", "model.backbone=resnet18", "model.pretrained=false", "data.image_size=32",
-        "data.train_batch_size=2", "data.eval_batch_size=7", "data.num_workers=0", "trainer.accelerator=cpu",
-        "trainer.max_steps=1", "trainer.enable_progress_bar=false", "logger=none", f"output_dir={tmp_path}",
-        "eval.num_samples=0", f"data.cache_dir={tmp_path / 'cache'}",
-    ])
-    train(cfg)
-    ckpt = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    cfg, ckpt = train_tiny(mvtec_root, tmp_path, "eval.num_samples=0")
     assert "optimizer_states" in load_checkpoint_file(ckpt)  # a real training checkpoint
     weights = Path(export(ckpt, format="weights", output=tmp_path / "w" / "last.safetensors")["path"])
     assert weights.stat().st_size < ckpt.stat().st_size

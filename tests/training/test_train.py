@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from helpers.training import tiny
 from urd_lightning.benchmark.records import read_run
 from urd_lightning.config import load_config
 from urd_lightning.errors import DataError
@@ -18,13 +19,6 @@ from urd_lightning.training.train import main, train
 
 METRICS = {"image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
            "pixel_AUPRO_per_image"}
-
-
-def tiny(root, out, *extra):
-    return [f"data.root={root}", "model.backbone=resnet18", "model.pretrained=false", "data.image_size=32",
-            "data.train_batch_size=2", "data.eval_batch_size=7", "data.num_workers=0", "trainer.accelerator=cpu",
-            "trainer.max_steps=1", "trainer.enable_progress_bar=false", "logger=none", f"output_dir={out}",
-            "eval.num_samples=2", "data.cache_dir=" + str(out / "cache"), *extra]
 
 
 def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):

@@ -1,0 +1,24 @@
+"""The smallest real training run the tests use: ResNet-18 at 32², one iteration, CPU, no logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny(root, out, *extra):
+    """``train`` arguments of a one-iteration run on the fake MVTec ``root``, writing under ``out``."""
+    return [f"data.root={root}", "model.backbone=resnet18", "model.pretrained=false", "data.image_size=32",
+            "data.train_batch_size=2", "data.eval_batch_size=7", "data.num_workers=0", "trainer.accelerator=cpu",
+            "trainer.max_steps=1", "trainer.enable_progress_bar=false", "logger=none", f"output_dir={out}",
+            "eval.num_samples=2", "data.cache_dir=" + str(out / "cache"), *extra]
+
+
+def train_tiny(root, out, *extra):
+    """Train :func:`tiny`'s run; returns its config and its ``last.ckpt``."""
+    from urd_lightning.config import load_config  # deferred: the deploy tests import this module without Lightning
+    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.training.train import train
+
+    cfg = load_config(tiny(root, out, *extra))
+    train(cfg)
+    return cfg, Path(run_dir_of(cfg)) / "checkpoints" / "last.ckpt"
