@@ -28,6 +28,7 @@ FORBIDDEN = {
     "ranges": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "checkpoint_io": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "textures": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
+    "augment": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "hardware": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "errors": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
 }
@@ -38,6 +39,8 @@ DEFERRED_OK = {
     ("urd_lightning.data.cli", "urd_lightning.data.check"): "`data download` starts without the check code",
     ("urd_lightning.data.cli", "urd_lightning.data.demo"): "`data check` starts without the demo generator",
     ("urd_lightning.data.cli", "urd_lightning.data.dtd"): "`data download` starts without the DTD check code",
+    ("urd_lightning.data.cli", "urd_lightning.data.datamodule"): "`data check` loads Lightning only for --show-augment",
+    ("urd_lightning.data.cli", "urd_lightning.data.preview"): "`data check` loads matplotlib only for --show-augment",
     ("urd_lightning.data", "urd_lightning.data.datamodule"): "the lazy re-export keeps Lightning out of `deploy`",
     ("urd_lightning.deploy.checkpoint", "urd_lightning.models"): "checkpoint errors come before timm's import",
 }

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "urd_lightning"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # extra -> the import names it provides
-OPTIONAL = {"wandb": ("wandb",), "export": ("onnx", "onnxruntime"), "cluster": ("submitit",)}
+OPTIONAL = {"wandb": ("wandb",), "export": ("onnx", "onnxruntime"), "cluster": ("submitit",),
+            "augment": ("albumentations",)}
 # Extras that Lightning imports, never this package: logger=tensorboard needs tensorboard for TensorBoardLogger.
 EXTRAS_FOR_LIGHTNING = {"tensorboard": ("tensorboard",)}
 # Pinned but never imported: timm needs a torchvision, and it must be the build matching the pinned torch.

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from urd_lightning.augment import resolve_augment
 from urd_lightning.config_files import CONFIG_DIR, config_names, config_roots, find_config, load_yaml
 from urd_lightning.config_schema import Config
 from urd_lightning.errors import ConfigError
@@ -201,6 +202,8 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     check_ranges(cfg)  # numeric keys within their ranges, before anything is built or written (ranges.py)
     # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity (issue 13).
     cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)
+    # The pipeline itself, not a file name, is recorded and hashed into the run's identity (augment.py).
+    cfg.data.augment = resolve_augment(OmegaConf.to_container(cfg.data, resolve=True)["augment"], roots)
     cfg.run = run_name(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg

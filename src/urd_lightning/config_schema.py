@@ -41,7 +41,7 @@ class DataConfig:
     seed: int | None = None
     cache_dir: str = ".cache/urd/foreground"
     pixel_cache_dir: str | None = ".cache/urd/pixels"
-    augment: bool = False
+    augment: Any = False  # false | flips | an albumentations pipeline (augment.py); stored resolved, as a mapping
     check: bool = True
     resize: str = "pil"
     normal_dir: str = "good"

@@ -4,10 +4,13 @@
     python -m urd_lightning data download dtd              # the paper's anomaly textures, into datasets/dtd
     python -m urd_lightning data check dtd --root datasets/dtd
     python -m urd_lightning data check visa --root datasets/VisA --category pcb1 [--json]
+    python -m urd_lightning data check mvtec --root datasets/MVTecAD --category bottle --show-augment camera
     python -m urd_lightning data demo --root datasets/demo
 
 ``check`` runs the same checks training runs before it starts (``data/check.py``); it exits 1 when it finds a
 problem, so scripts can use it as a gate. User errors raise ``DataError`` (printed without a stack trace).
+``--show-augment PIPELINE`` (any ``data.augment`` value) also writes a panel of training samples as the network will
+see them: the image, augmented, its foreground mask, the synthetic anomaly and its mask (``data/preview.py``).
 """
 
 from __future__ import annotations
@@ -37,10 +40,26 @@ def _parser() -> argparse.ArgumentParser:
     for key in ("normal-dir", "abnormal-dir", "mask-dir", "normal-test-dir"):
         check.add_argument(f"--{key}", default="good" if key == "normal-dir" else None, help="folder benchmark only")
     check.add_argument("--normal-split-ratio", type=float, default=0.2, help="folder benchmark only")
+    check.add_argument("--show-augment", metavar="PIPELINE", default=None,
+                       help="write a panel of augmented training samples; PIPELINE: flips, a file A.save wrote, or "
+                            "a name in configs/augment/ (data.augment)")
+    check.add_argument("--panel", default="augment_samples.png", help="where --show-augment writes its panel")
     demo = commands.add_parser("demo", help="generate the embedded demo dataset (no download)")
     demo.add_argument("--root", default="datasets/demo", help="where to write it (default: datasets/demo)")
     demo.add_argument("--force", action="store_true", help="regenerate even if it is up to date")
     return parser
+
+
+def _show_augment(args: argparse.Namespace, options: dict) -> str:
+    from urd_lightning.data.datamodule import AnomalyDataModule
+    from urd_lightning.data.preview import augment_panel
+
+    data = AnomalyDataModule(args.benchmark, root=args.root, category=args.category, image_size=args.image_size,
+                             num_workers=0, augment=args.show_augment, check=False, resize=args.resize,
+                             pixel_cache_dir=None, **options)
+    data.setup("fit")
+    assert data.train_data is not None
+    return str(augment_panel(data.train_data, args.panel))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.benchmark == "folder":
             options = {"normal_dir": args.normal_dir, "abnormal_dir": args.abnormal_dir, "mask_dir": args.mask_dir,
                        "normal_test_dir": args.normal_test_dir, "normal_split_ratio": args.normal_split_ratio}
+        if args.show_augment is not None and args.category is None:
+            raise DataError("--show-augment needs --category (the category whose training images are shown)")
         report = check_dataset(args.benchmark, args.root, args.category, image_size=args.image_size,
                                resize=args.resize, **options)
         print(report.to_json() if args.json else report.format())
+        if report.ok and args.show_augment is not None:
+            print(f"augmented training samples: {_show_augment(args, options)}")
         return 0 if report.ok else 1
     from urd_lightning.data.demo import ensure_demo, generate_demo
 

@@ -77,7 +77,9 @@ class AnomalyDataModule(L.LightningDataModule):
         cache_dir: where foreground masks are cached.
         pixel_cache_dir: where decoded, resized training images and textures are cached (memory-mapped, shared by
             the loader workers and ranks, ``data/cache.py``); None decodes them at every use.
-        augment: random flips of training images (off: the authors use none).
+        augment: ``false`` (the authors augment no normal image), ``flips`` (random horizontal and vertical flips;
+            ``true`` says the same) or an albumentations pipeline: a file ``A.save`` wrote, a name in
+            ``configs/augment/``, or the serialised pipeline itself (``augment.py``). Training images only.
         resize: ``pil`` (the authors' Pillow bilinear, default) or ``cv2`` (faster OpenCV), for images, masks and
             textures; foreground masks keep the authors' own OpenCV resize whatever this says.
         check: check the data (as ``data check``) in ``setup`` and stop with every problem found.
@@ -89,7 +91,7 @@ class AnomalyDataModule(L.LightningDataModule):
                  image_size: int = 256, train_batch_size: int = 16, eval_batch_size: int = 16, num_workers: int = 4,
                  synthesis: bool = True, textures: str = "auto", dtd_root: str | None = None,
                  foreground: str = "auto", seed: int = 111,
-                 cache_dir: str = ".cache/urd/foreground", augment: bool = False, check: bool = True,
+                 cache_dir: str = ".cache/urd/foreground", augment: Any = False, check: bool = True,
                  resize: str = "pil", pixel_cache_dir: str | None = None,
                  normal_dir: str = "good", abnormal_dir: str | None = None, mask_dir: str | None = None,
                  normal_test_dir: str | None = None, normal_split_ratio: float = 0.2) -> None:

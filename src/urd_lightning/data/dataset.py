@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from urd_lightning.augment import FLIPS, Pipeline, resolve_augment
 from urd_lightning.data.benchmarks import Sample
 from urd_lightning.data.cache import PixelCache, content_digest
 from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures, synthesize
@@ -32,7 +33,9 @@ class AnomalyDataset(Dataset):
         source: anomaly texture source; None disables synthesis (RD4AD: ``aug_image`` = ``image``, empty mask).
         foregrounds: per-sample foreground masks at ``image_size`` (None entries: whole image).
         seed: base seed of the synthesis.
-        augment: random horizontal/vertical flips of training images (off by default: the authors have none).
+        augment: ``False`` (the authors augment no normal image), ``"flips"`` (``True``: random horizontal and
+            vertical flips) or an albumentations pipeline (``augment.py``), applied to the training image at model
+            size, and to its foreground mask, before synthesis; test images are never augmented.
         resize: ``pil`` (the authors' Pillow bilinear) or ``cv2`` (see ``transforms``), for images and masks.
         pixel_cache_dir: where training images are cached once decoded and resized (``data/cache.py``), shared by
             the loader workers; None decodes every image at every epoch. Evaluation images are not cached.
@@ -41,14 +44,16 @@ class AnomalyDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], image_size: int, train: bool,
                  source: DTDTextures | ProceduralTextures | None = None,
                  foregrounds: Sequence[np.ndarray | None] | None = None, seed: int = 111,
-                 augment: bool = False, resize: str = "pil", pixel_cache_dir: str | None = None) -> None:
+                 augment: bool | str | dict[str, Any] = False, resize: str = "pil",
+                 pixel_cache_dir: str | None = None) -> None:
         self.samples = list(samples)
         self.image_size = image_size
         self.train = train
         self.source = source
         self.foregrounds = list(foregrounds) if foregrounds is not None else [None] * len(self.samples)
         self.seed = seed
-        self.augment = augment
+        self.augment = resolve_augment(augment) if train else False
+        self.pipeline = Pipeline(self.augment, image_size) if isinstance(self.augment, dict) else None
         self.resizer = Resizer(image_size, resize)
         self.cache: PixelCache | None = None
         if train and pixel_cache_dir and self.samples:
@@ -65,20 +70,28 @@ class AnomalyDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = item if isinstance(item, tuple) else (0, item)
-        sample = self.samples[index]
         if self.train:
-            return self._train_item(epoch, index, sample)
-        return self._eval_item(index, sample)
+            return self._train_item(epoch, index)
+        return self._eval_item(index, self.samples[index])
 
     def _load(self, sample: Sample) -> np.ndarray:
         return self.resizer(read_rgb(sample.image_path))[0]
 
-    def _train_item(self, epoch: int, index: int, sample: Sample) -> dict[str, Any]:
-        image = self._load(sample) if self.cache is None else self.cache.get(index, lambda: self._load(sample))
-        image01 = image.astype(np.float32) / 255.0
+    def train_arrays(self, epoch: int, index: int) -> dict[str, np.ndarray | None]:
+        """One training sample before normalisation (what ``__getitem__`` normalises; the augmentation panel shows it).
+
+        Returns ``image`` and ``aug_image`` (S, S, 3) float32 in [0, 1], ``aug_mask`` (S, S) {0, 1}, the
+        ``foreground`` (S, S) the anomaly was kept inside (None: everywhere), and the ``source`` image (S, S, 3) uint8
+        before augmentation.
+        """
+        sample = self.samples[index]
+        image = source = self._load(sample) if self.cache is None else self.cache.get(index, lambda: self._load(sample))
         foreground = self.foregrounds[index]
+        if self.pipeline is not None:  # after the cached decode+resize, before synthesis: the anomaly stays exact
+            image, foreground = self.pipeline(np.array(image), foreground, self.seed, epoch, index)
+        image01 = image.astype(np.float32) / 255.0
         rng = self.rng(epoch, index)
-        if self.augment:
+        if self.augment == FLIPS:
             if rng.random() < 0.5:
                 image01 = image01[:, ::-1]
                 foreground = foreground[:, ::-1] if foreground is not None else None
@@ -90,10 +103,14 @@ class AnomalyDataset(Dataset):
             aug01, mask = synthesize(image01, self.source, rng, foreground)
         else:
             aug01, mask = image01, np.zeros(image01.shape[:2], np.float32)
+        return {"image": image01, "aug_image": aug01, "aug_mask": mask, "foreground": foreground, "source": source}
+
+    def _train_item(self, epoch: int, index: int) -> dict[str, Any]:
+        arrays = self.train_arrays(epoch, index)
         return {
-            "image": normalize(image01),
-            "aug_image": normalize(aug01),
-            "aug_mask": torch.from_numpy(np.ascontiguousarray(mask))[None],
+            "image": normalize(arrays["image"]),
+            "aug_image": normalize(arrays["aug_image"]),
+            "aug_mask": torch.from_numpy(np.ascontiguousarray(arrays["aug_mask"]))[None],
             "index": index,
         }
 

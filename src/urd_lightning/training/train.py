@@ -115,7 +115,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     # Under SLURM our Requeue callback, not Lightning's signal handler, checkpoints and requeues (preemption.py).
     requeue = Requeue(run_dir) if slurm else None
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
-            "texture_source": cfg.data.textures}  # dtd (the paper's) | procedural | none (no synthesis)
+            "texture_source": cfg.data.textures,  # dtd (the paper's) | procedural | none (no synthesis)
+            "augment": OmegaConf.to_container(cfg.data, resolve=True)["augment"]}  # false | flips | the pipeline
     results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
     watch = InterruptWatch()
     trainer = Trainer(
