@@ -3,6 +3,7 @@
     python experiments/bench_data.py [--images 60] [--dtd 200] [--samples 120] [--size 256] [--profile]
     python experiments/bench_data.py --resize-only
     python experiments/bench_data.py --startup [--dtd-files 5640]
+    python experiments/bench_data.py --augment [--pipeline configs/augment/camera.yaml]
 
 Writes a temporary MVTec-like category (900² PNGs, the size of MVTec bottle) and a fake DTD folder of 640×480 JPEGs
 (the size of most DTD images), then times ``AnomalyDataset`` training items in this one process, as one loader
@@ -26,6 +27,11 @@ unchanged). The first pair of figures has the files in the page cache (they were
 the tree's files from the page cache before each start-up (``posix_fadvise``, these files only), as after a reboot
 or on another node. Code without the memo (``PYTHONPATH=<older checkout>/src``) reads every file at every start-up,
 which gives the "before" figures.
+
+Augmentation (``--augment``, ``data.augment``): warm-cache samples/s with DTD textures, ``false`` beside ``flips``
+and an albumentations pipeline (default ``configs/augment/camera.yaml``: Affine shift/scale/rotate, colour jitter,
+Gaussian blur), each setting timed twice, interleaved, in the same process (the load of a shared machine moves
+between runs); the load average before and after is printed with them.
 
 Figures: ``docs/performance.md``, section "Data pipeline (CPU)".
 """
@@ -134,6 +140,43 @@ def bench_pipeline(args: argparse.Namespace) -> None:
                     pstats.Stats(profile).sort_stats("tottime").print_stats(12)
 
 
+def bench_augment(args: argparse.Namespace) -> None:
+    from urd_lightning.data.benchmarks import Sample
+    from urd_lightning.data.dataset import AnomalyDataset
+    from urd_lightning.data.synthesis import DTDTextures
+
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
+    settings = {"none": False, "flips": "flips", Path(args.pipeline).stem: args.pipeline}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, dtd_root = write_data(Path(tmp), args.images, args.dtd)
+        samples = [Sample(str(p), None, 0, "good") for p in paths]
+        cache = str(Path(tmp) / "cache")
+        source = DTDTextures(dtd_root, cache_dir=cache)
+        datasets = {name: AnomalyDataset(samples, args.size, train=True, source=source, augment=augment,
+                                         pixel_cache_dir=cache) for name, augment in settings.items()}
+        items = [(1, i % len(samples)) for i in range(args.samples)]
+        for item in items:  # fill the cache: every timed pass reads images and textures from it (warm)
+            datasets["none"][item]
+        rates: dict[str, list[float]] = {name: [] for name in datasets}
+        for _ in range(2):
+            for name, dataset in datasets.items():
+                start = time.perf_counter()
+                for item in items:
+                    dataset[item]
+                rates[name].append(args.samples / (time.perf_counter() - start))
+        for name, got in rates.items():
+            print(f"augment {name:<8} cache warm, DTD: {min(got):6.1f}-{max(got):6.1f} samples/s "
+                  f"({1e3 / max(got):.2f}-{1e3 / min(got):.2f} ms/sample)", flush=True)
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.enable()
+            for item in items:
+                datasets[Path(args.pipeline).stem][item]
+            profile.disable()
+            pstats.Stats(profile).sort_stats("tottime").print_stats(12)
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+
+
 STARTUP_CHILD = """
 import sys, time
 from urd_lightning.data.synthesis import DTDTextures
@@ -217,12 +260,18 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true", help="only time the start-up hashing of a DTD-like tree")
     parser.add_argument("--dtd-files", type=int, default=5640, help="files of the DTD-like tree (--startup)")
     parser.add_argument("--repeats", type=int, default=3, help="warm start-ups timed (--startup)")
+    parser.add_argument("--augment", action="store_true", help="only time data.augment: none, flips, a pipeline")
+    parser.add_argument("--pipeline", default=str(Path(__file__).resolve().parents[1] / "configs" / "augment" /
+                                                  "camera.yaml"), help="the pipeline --augment times")
     args = parser.parse_args()
     if args.startup:
         bench_startup(args)
         return
     cv2.setNumThreads(1)  # one loader worker (data/workers.py)
     torch.set_num_threads(1)
+    if args.augment:
+        bench_augment(args)
+        return
     compare_resize(args.size)
     if not args.resize_only:
         bench_pipeline(args)

@@ -128,3 +128,40 @@ def test_albumentations_is_imported_without_its_network_version_check():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "0", "albumentations asked the network for its latest version at import"
+
+
+def test_a_run_records_the_resolved_pipeline_in_config_yaml_and_metrics_json(mvtec_root, tmp_path):
+    from helpers.training import train_tiny
+    from urd_lightning.training.builders import run_dir_of
+
+    cfg, _ = train_tiny(mvtec_root, tmp_path, f"data.augment={CAMERA}")
+    run_dir = run_dir_of(cfg)
+    resolved = resolve_augment("camera")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["augment"] == resolved
+    assert json.loads((run_dir / "metrics.json").read_text())["augment"] == resolved
+
+
+@pytest.mark.slow
+def test_a_run_with_a_pipeline_resumed_after_two_iterations_equals_four_uninterrupted(mvtec_root, tmp_path):
+    import torch
+
+    from helpers.training import tiny
+    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.training.train import train
+
+    # 6 train images, batch 4 -> the resume point (2 iterations) is in the middle of the second epoch.
+    common = ["data.train_batch_size=4", "checkpoint_every_n_steps=2", "data.augment=camera", "run=r"]
+    four = load_config(tiny(mvtec_root, tmp_path / "a", *common, "trainer.max_steps=4"))
+    train(four)
+    train(load_config(tiny(mvtec_root, tmp_path / "b", *common, "trainer.max_steps=2")))
+    resumed = load_config(tiny(mvtec_root, tmp_path / "b", *common, "trainer.max_steps=4", "resume=last"))
+    train(resumed)
+
+    def weights(cfg):
+        state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        return {k: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+
+    a, b = weights(four), weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

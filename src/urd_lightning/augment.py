@@ -101,7 +101,7 @@ def _canonical(spec: Any, source: str) -> dict[str, Any]:
     pipeline = _build(A, _plain(spec["transform"]), "transform", source)
     if type(pipeline) is not A.Compose:  # a single transform (or OneOf...) saved on its own: one Compose to seed
         pipeline = A.Compose([pipeline])
-    return A.to_dict(pipeline)
+    return _plain(A.to_dict(pipeline))  # lists, as the config and the YAML files hold them
 
 
 def _plain(node: Any) -> Any:
