@@ -30,8 +30,9 @@ which gives the "before" figures.
 
 Augmentation (``--augment``, ``data.augment``): warm-cache samples/s with DTD textures, ``false`` beside ``flips``
 and an albumentations pipeline (default ``configs/augment/camera.yaml``: Affine shift/scale/rotate, colour jitter,
-Gaussian blur), each setting timed twice, interleaved, in the same process (the load of a shared machine moves
-between runs); the load average before and after is printed with them.
+Gaussian blur): every sample timed with each setting in turn (the load of a shared machine drifts, and each setting
+then sees the same drift), ``--rounds`` passes; samples/s is one over the median time per sample; the load average
+before and after is printed. ``--profile`` adds where the pipeline's samples spend their time.
 
 Figures: ``docs/performance.md``, section "Data pipeline (CPU)".
 """
@@ -140,6 +141,19 @@ def bench_pipeline(args: argparse.Namespace) -> None:
                     pstats.Stats(profile).sort_stats("tottime").print_stats(12)
 
 
+class _Timed:
+    """The pipeline's calls, timed where the dataset makes them (between the cache read and synthesis)."""
+
+    def __init__(self, pipeline, times: list[float]) -> None:
+        self.pipeline, self.times = pipeline, times
+
+    def __call__(self, *args):
+        start = time.perf_counter()
+        out = self.pipeline(*args)
+        self.times.append(time.perf_counter() - start)
+        return out
+
+
 def bench_augment(args: argparse.Namespace) -> None:
     from urd_lightning.data.benchmarks import Sample
     from urd_lightning.data.dataset import AnomalyDataset
@@ -157,16 +171,27 @@ def bench_augment(args: argparse.Namespace) -> None:
         items = [(1, i % len(samples)) for i in range(args.samples)]
         for item in items:  # fill the cache: every timed pass reads images and textures from it (warm)
             datasets["none"][item]
-        rates: dict[str, list[float]] = {name: [] for name in datasets}
-        for _ in range(2):
-            for name, dataset in datasets.items():
-                start = time.perf_counter()
-                for item in items:
+        pipeline_times: list[float] = []
+        datasets[Path(args.pipeline).stem].pipeline = _Timed(datasets[Path(args.pipeline).stem].pipeline,
+                                                             pipeline_times)
+        # Sample by sample, the settings in turn: a shared machine's load drifts over seconds, and each setting
+        # then sees the same drift. The median per-sample time is the figure; the spread says how loaded it was.
+        times: dict[str, list[float]] = {name: [] for name in datasets}
+        for _ in range(args.rounds):
+            for item in items:
+                for name, dataset in datasets.items():
+                    start = time.perf_counter()
                     dataset[item]
-                rates[name].append(args.samples / (time.perf_counter() - start))
-        for name, got in rates.items():
-            print(f"augment {name:<8} cache warm, DTD: {min(got):6.1f}-{max(got):6.1f} samples/s "
-                  f"({1e3 / max(got):.2f}-{1e3 / min(got):.2f} ms/sample)", flush=True)
+                    times[name].append(time.perf_counter() - start)
+        for name, got in times.items():
+            got = sorted(got)
+            median, low, high = got[len(got) // 2], got[len(got) // 10], got[9 * len(got) // 10]
+            print(f"augment {name:<8} cache warm, DTD: {1 / median:5.1f} samples/s "
+                  f"(median {1e3 * median:.2f} ms/sample, 10-90%: {1e3 * low:.2f}-{1e3 * high:.2f} ms; "
+                  f"{len(got)} samples)", flush=True)
+        pipeline_times.sort()
+        print(f"of which the pipeline's call (image and foreground): median "
+              f"{1e3 * pipeline_times[len(pipeline_times) // 2]:.2f} ms/sample", flush=True)
         if args.profile:
             profile = cProfile.Profile()
             profile.enable()
@@ -261,6 +286,7 @@ def main() -> None:
     parser.add_argument("--dtd-files", type=int, default=5640, help="files of the DTD-like tree (--startup)")
     parser.add_argument("--repeats", type=int, default=3, help="warm start-ups timed (--startup)")
     parser.add_argument("--augment", action="store_true", help="only time data.augment: none, flips, a pipeline")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timings of each setting (--augment)")
     parser.add_argument("--pipeline", default=str(Path(__file__).resolve().parents[1] / "configs" / "augment" /
                                                   "camera.yaml"), help="the pipeline --augment times")
     args = parser.parse_args()
