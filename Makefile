@@ -23,7 +23,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The install stamp of the local venv lives inside it (a new venv is a new install); other envs share one in .cache.
 STAMP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/install.stamp,.cache/install.stamp)
 
-.PHONY: help install python test test-slow test-ddp test-all test-ci-extra train evaluate benchmark report sweep lint demo-data \
+.PHONY: help install python test test-slow test-ddp test-all test-ci-extra test-kernels train evaluate benchmark report sweep lint demo-data \
 	bench-gpu clean distclean
 
 help:  ## list the commands
@@ -58,6 +58,15 @@ test-ddp: install  ## 2-process (gloo, CPU) tests of metrics and training
 
 test-ci-extra: install  ## what CI runs after `make test`: the ddp and slow tests that fit its time
 	$(PYTHON) -m pytest -q -m "ddp or slow" ; rc=$$?; [ $$rc -eq 0 -o $$rc -eq 5 ]
+
+# The numerics tests (network, training step, metrics, export parity, bf16 decision) on other CPUs' kernel paths:
+# ATen, oneDNN and MKL capped at AVX2 (a CPU without AVX-512, whose bf16 decision is then fp32), and ATen's
+# unvectorised kernels. Their rounding differs from this machine's; the results must not.
+KERNEL_TESTS := tests/models tests/metrics tests/training/test_iteration_reference.py tests/training/test_module.py \
+	tests/training/test_eval_precision.py tests/deploy/test_export.py tests/test_hardware.py
+test-kernels: install  ## the numerics tests with AVX2-only and with ATen's default (unvectorised) kernels
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PYTHON) -m pytest -q $(KERNEL_TESTS)
+	ATEN_CPU_CAPABILITY=default $(PYTHON) -m pytest -q $(KERNEL_TESTS)
 
 test-all: install  ## every test except gpu
 	$(PYTHON) -m pytest -q -m "not gpu"

@@ -14,12 +14,36 @@ CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 f
 @pytest.mark.parametrize(("extra", "native"), [("", False), ("avx512_bf16", True), ("amx_bf16 amx_tile", True),
                                                ("avx512_vnni", False)])  # fmt: skip
 def test_cpu_bf16_needs_the_bf16_instructions(tmp_path, monkeypatch, extra, native):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # the tests' AVX2 kernel path sets it (Makefile)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(CPUINFO.format(extra=extra))
     read = hardware.cpu_flags
     assert read(cpuinfo) >= {"avx2", "avx512f"} and "bugs" not in read(cpuinfo)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: read(cpuinfo))
     assert hardware.native_bf16(cuda=False) is native
+
+
+@pytest.mark.parametrize(("variable", "cap", "native"), [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", False), ("ONEDNN_MAX_CPU_ISA", "avx512_core", False),
+    ("DNNL_MAX_CPU_ISA", "AVX2", False), ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", True),
+    ("ONEDNN_MAX_CPU_ISA", "DEFAULT", True), ("ONEDNN_MAX_CPU_ISA", "", True)])  # fmt: skip
+def test_a_onednn_cap_below_bf16_means_fp32_on_a_bf16_cpu(monkeypatch, variable, cap, native):
+    # Under such a cap oneDNN emulates bf16 as on a CPU without the instructions (checked below, where torch says so).
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(variable, cap)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert hardware.native_bf16(cuda=False) is native
+
+
+def test_the_bf16_decision_agrees_with_onednn_on_this_cpu():
+    # oneDNN reads its cap at start-up: this is the process's own kernel path (make test-kernels runs it capped).
+    # oneDNN also says yes under AVX512_CORE (emulated there), so only a "no" from oneDNN must be a "no" here.
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert not hardware.native_bf16(cuda=False)
+    else:
+        assert hardware.native_bf16(cuda=False) is bool(hardware.CPU_BF16_FLAGS & hardware.cpu_flags())
 
 
 @pytest.mark.parametrize(("capability", "native"), [(7, False), (8, True), (9, True)])

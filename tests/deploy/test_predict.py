@@ -23,7 +23,7 @@ from urd_lightning.data.transforms import Resizer, normalize, read_rgb
 from urd_lightning.deploy.checkpoint import load_model, save_checkpoint
 from urd_lightning.deploy.inference import URDInferencer, normalize_scores
 from urd_lightning.deploy.outputs import output_names
-from urd_lightning.deploy.predict import predict
+from urd_lightning.deploy.predict import list_images, predict
 from urd_lightning.errors import CheckpointError, ConfigError, DataError
 from urd_lightning.models import URD
 
@@ -206,6 +206,23 @@ def test_output_names_keep_folders_and_never_collide(tmp_path: Path) -> None:
 def test_empty_folder_is_a_data_error(tiny: dict, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no image files"):
         predict(tiny["ckpt"], tmp_path, tmp_path / "o", device="cpu", progress=False)
+
+
+def test_hidden_files_and_folders_are_not_listed(tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / ".from_a_mac" / "input"  # a hidden folder above the input is the user's choice: listed
+    (folder / ".cache").mkdir(parents=True)
+    (folder / "sub").mkdir()
+    good = (tiny["images"] / "gray.png").read_bytes()
+    for name in ("a.png", "sub/b.png", ".cache/c.png", "sub/.d.png"):
+        (folder / name).write_bytes(good)
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # what unzipping a Mac archive leaves
+    assert list_images(folder) == [folder / "a.png", folder / "sub" / "b.png"]
+    assert list_images(folder, recursive=False) == [folder / "a.png"]
+    assert list_images(folder / "._a.png") == [folder / "._a.png"]  # a file named on purpose is read
+    summary = predict(tiny["ckpt"], folder, tmp_path / "o", device="cpu", progress=False)
+    assert summary["counts"]["unreadable"] == 0 and len(_rows(tmp_path / "o")) == 2
+    assert cli_main(["predict", "--help"]) == 0
+    assert "hidden files and folders" in capsys.readouterr().out
 
 
 @pytest.mark.slow

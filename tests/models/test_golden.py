@@ -20,7 +20,8 @@ def test_tiny_urd_matches_golden_tensors():
     golden = torch.load(module.GOLDEN, weights_only=True)
     current = module.build_and_run()
     assert set(current) == set(golden)
-    torch.testing.assert_close(current["input"], golden["input"], rtol=0, atol=0)
+    # Seeded input up to rounding: randn's vectorised and scalar kernels (ATEN_CPU_CAPABILITY) differ by ~2e-6.
+    torch.testing.assert_close(current["input"], golden["input"], rtol=0, atol=1e-5)
     for key in sorted(golden):
         torch.testing.assert_close(current[key], golden[key], rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
     assert module.GOLDEN.stat().st_size < 1_000_000

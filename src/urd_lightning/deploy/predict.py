@@ -8,6 +8,7 @@ a decision at the image threshold, the map (``maps/*.npy``, model resolution), a
 at the original size (``overlays/*.png``, ``masks/*.png``); for the run ``results.csv`` and ``results.json``.
 Images of any size and mode are read by :func:`urd_lightning.data.transforms.read_rgb` and preprocessed exactly as
 in evaluation; files that cannot be read are listed (CSV ``status=unreadable``, JSON ``skipped``) and skipped.
+A folder's hidden files and folders (names starting with ``.``: macOS's ``._a.png``, a ``.cache/``) are not listed.
 A broken or foreign checkpoint stops everything before any output is written. See ``docs/inference.md``.
 """
 
@@ -87,8 +88,13 @@ def parse_key_values(argv: Sequence[str], spec: dict[str, tuple[type, Any]], com
     return values
 
 
+def _hidden(relative: Path) -> bool:
+    """A name below the input folder starts with a dot (macOS ``._*`` resource forks, caches, version control)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def list_images(source: Path, recursive: bool = True) -> list[Path]:
-    """Image files of a file or folder, sorted; a single named file is returned whatever its extension.
+    """Image files of a file or folder, sorted, without hidden ones; a single named file is returned whatever it is.
 
     Raises:
         DataError: ``source`` does not exist, or a folder holds no image files.
@@ -98,7 +104,8 @@ def list_images(source: Path, recursive: bool = True) -> list[Path]:
     if not source.is_dir():
         raise DataError(f"input {source} does not exist: give input=FILE or input=DIR")
     candidates = source.rglob("*") if recursive else source.glob("*")
-    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not _hidden(p.relative_to(source)))
     if not files:
         raise DataError(f"input folder {source} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
