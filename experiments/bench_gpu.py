@@ -303,7 +303,8 @@ class Bench:
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                                             os.environ.get("PYTHONPATH")])),
                     "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                    "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "PYTHONUNBUFFERED": "1"}
+                    "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "PYTHONUNBUFFERED": "1",
+                    "URD_BENCH_PARENT": str(os.getpid())}
         self.clocks = Clocks()
         self.report: dict[str, Any] = {"name": "unknown", "args": vars(args), "sections": {}, "errors": {},
                                        "skipped": {}, "complete": False}
