@@ -79,7 +79,7 @@ demo-data: install  ## (re)generate the embedded demo dataset under datasets/dem
 # it there. OUT: where the report goes.
 BENCH_PYTHON = $(firstword $(wildcard $(PYTHON)) python3)
 OUT ?= results/_bench
-bench-gpu:  ## GPU throughput (authors' settings vs defaults, loader, eval, compile), <= 7 min: $(OUT)/gpu-*.json/.md
+bench-gpu:  ## GPU throughput (authors' settings vs defaults, loader, eval, compile), within --budget-s: OUT/gpu-*.json/.md (OUT=results/_bench)
 	PYTHONPATH=.cache/bench-gpu/site:src$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
 	$(BENCH_PYTHON) experiments/bench_gpu.py --out $(OUT) $(ARGS)
 
