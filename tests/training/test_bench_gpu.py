@@ -33,6 +33,7 @@ def script_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **extra}
 
 
+@pytest.mark.slow  # six child processes, each importing torch and Lightning: minutes on a 2-core machine
 def test_smoke_runs_every_section_with_the_defaults_gpu_code_path(tmp_path, monkeypatch):
     bench = load_bench(monkeypatch)
     # loader_-1: a section that fails (a negative worker count) is recorded and the next one still runs.
