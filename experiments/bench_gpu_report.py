@@ -148,7 +148,9 @@ def markdown(report: dict[str, Any]) -> str:
         if key.startswith("loader_"):
             only = section["loader_only"]
             rate = only.get("samples_per_s")
-            note = (f"loader alone, warm cache: {_f(rate)} samples/s ({only['warm_epochs']} epochs); first epoch "
+            note = (f"loader alone, warm image cache (the 2,048 procedural textures are still being generated on "
+                    f"first draw, which a long run does once: pessimistic): {_f(rate)} samples/s "
+                    f"({only['warm_epochs']} epochs); first epoch "
                     f"(PNG decode into the pixel cache) {_f(only['first_epoch_s'])} s; {section['train_images']} "
                     f"PNGs of {section['image_side']}², {section['batches_per_epoch']} batches per epoch")
             if starved(section):
