@@ -24,7 +24,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/install.stamp,.cache/install.stamp)
 
 .PHONY: help install python test test-slow test-ddp test-all test-ci-extra test-kernels train evaluate benchmark report sweep lint demo-data \
-	bench-gpu clean distclean
+	bench-gpu bench-gpu-prep clean distclean
 
 help:  ## list the commands
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -83,8 +83,22 @@ benchmark: install  ## every category of DATASET in turn, then the results table
 demo-data: install  ## (re)generate the embedded demo dataset under datasets/demo
 	$(PYTHON) -m urd_lightning data demo --root datasets/demo
 
-bench-gpu: install  ## GPU throughput (authors' settings vs defaults, loader, eval, compile), <= 8 min: results/_bench/gpu-*.json/.md
-	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) experiments/bench_gpu.py --out results/_bench $(ARGS)
+# The GPU benchmark installs nothing: a GPU machine may be offline (docs/performance.md, "GPU"). It runs with the
+# PYTHON above when that exists, else python3, and takes omegaconf from .cache/bench-gpu/site when bench-gpu-prep put
+# it there. OUT: where the report goes.
+BENCH_PYTHON = $(firstword $(wildcard $(PYTHON)) python3)
+OUT ?= results/_bench
+bench-gpu:  ## GPU throughput (authors' settings vs defaults, loader, eval, compile), within --budget-s: OUT/gpu-*.json/.md (OUT=results/_bench)
+	PYTHONPATH=.cache/bench-gpu/site:src$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+	$(BENCH_PYTHON) experiments/bench_gpu.py --out $(OUT) $(ARGS)
+
+bench-gpu-prep:  ## before a call to an offline GPU machine: omegaconf and the commit into .cache/bench-gpu (carried)
+	rm -rf .cache/bench-gpu
+	$(BENCH_PYTHON) -m pip download --no-deps --only-binary=:all: -d .cache/bench-gpu/wheels \
+		$$(grep -E '^omegaconf==' requirements.txt)
+	$(BENCH_PYTHON) -m pip install --no-deps --no-index --no-compile --target .cache/bench-gpu/site \
+		.cache/bench-gpu/wheels/*.whl
+	$(BENCH_PYTHON) experiments/bench_gpu.py --record-source
 
 lint: install  ## ruff
 	$(PYTHON) -m ruff check src tests experiments

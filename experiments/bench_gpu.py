@@ -1,407 +1,469 @@
-"""One command that measures a GPU: ``make bench-gpu`` (random weights, no dataset, bounded to a few minutes).
+"""One command that measures a GPU in a few minutes: random weights, no dataset, nothing installed.
 
-Writes ``<out>/gpu-<device>.json`` and ``.md`` (the table is also printed). Sections, in this order, each bounded
-(warm-up + a fixed number of timed iterations, CUDA-synchronised, and a time cap), each wrapped so that a failure is
-recorded in the json and the rest still runs, and all under one time budget (``--budget-s``):
+The GPU this is written for is lent for one short, offline call (docs/performance.md, "GPU"), so the script is built
+to keep whatever it measured:
 
-- ``train_authors`` / ``train_default``: training iterations/s of the real step (``URDModule`` under a Lightning
-  ``Trainer``, device-resident random batches) in the authors' settings (fp32, separate forwards, and what their
-  ``setup_seed`` sets: ``cudnn.deterministic=True``, ``cudnn.benchmark=False``) and in the project defaults
-  (bf16-mixed, channels-last, batched eval forwards, cudnn.benchmark), and their ratio;
-- ``eval``: evaluation images/s (maps + σ = 4 blur + every metric) and the metrics computed on the device vs on the
-  CPU from the same maps (equal to 1e-6);
-- ``loader_<N>``: the real loader (``AnomalyDataModule`` on the embedded demo set, upscaled to the model size, N
-  workers): loader-only samples/s and training iterations/s with it in the defaults (is the GPU starved?);
-- ``train_compile``: the defaults + ``torch.compile``, in a child process killed at the budget (a compile can take
-  minutes);
-- ``projection``: wall time of the MVTec AD protocol (iteration budgets of configs/data/mvtec.yaml) at those rates.
+- **A hard time bound.** ``--budget-s`` counts from the start of this process (read from ``/proc``, so the
+  interpreter's own start-up is counted) and the script exits within it. Every measurement runs in a child process
+  (``bench_gpu_sections.py``) that is killed with its process group when its share of the budget, or the budget,
+  runs out; this process only waits, so nothing in it can overrun. A section that does not fit is recorded as
+  skipped, one that is killed as killed.
+- **Results kept at every step.** The JSON report is rewritten atomically after every section; the markdown is
+  formatted from it last. SIGTERM/SIGINT (``timeout``) stop the running child and write both; a SIGKILL leaves the
+  JSON of every finished section. (The children need no signal handling: they are killed, never asked to stop, so
+  Lightning's SIGTERM handling inside ``fit``, which logs and runs on, plays no part.)
+- **Sections fail on their own.** A failing or crashing child (a sticky CUDA error, an out-of-memory) is recorded
+  and the next section starts in a fresh process.
 
-    PYTHONPATH=src python experiments/bench_gpu.py --out results/_bench      # ~5-7 min on one GPU
-    PYTHONPATH=src python experiments/bench_gpu.py --smoke --out /tmp/b      # tiny CPU run (the test runs it)
+Sections, in this order (``bench_gpu_sections.py`` says what each measures; ``--sections`` picks a subset):
+``train_authors``, ``train_default``, ``eval``, ``loader_<N>`` per ``--workers`` count, ``train_compile``; then the
+projection of the MVTec AD protocol (``bench_gpu_report.py``). The results are ``<out>/gpu-<gpu name>.json`` and
+``.md`` (the table is also printed).
+
+    python3 experiments/bench_gpu.py --out results/_bench        # on a CUDA machine: <= --budget-s (420 s)
+    python3 experiments/bench_gpu.py --smoke --out /tmp/b        # every section on the CPU, tiny (the tests)
+
+This file imports only the standard library (and NVML, when present, for clocks and power): the children import
+torch, Lightning and this package, with ``src`` put on their ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-import os
-import platform
-import re
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-import traceback
-from pathlib import Path
-from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+def _process_age() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 where that cannot be read)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rpartition(")")[2].split()[19])  # field 22, after the command name
+            now = float(uptime.read().split()[0])
+        import os
+
+        return min(max(0.0, now - started_ticks / os.sysconf("SC_CLK_TCK")), 600.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# The budget's zero: taken before any other import, at the process's start as the kernel recorded it. The clock is
+# CLOCK_MONOTONIC, which is the same in the child processes (they receive their deadlines as values of it).
+START = time.monotonic() - _process_age()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
 from bench_gpu_report import markdown, projection  # noqa: E402
-from lightning.pytorch import Callback, Trainer  # noqa: E402
-
-from urd_lightning.hardware import native_bf16  # noqa: E402
-from urd_lightning.training.module import URDModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-START = time.perf_counter()
+# `make bench-gpu-prep` writes the commit here (the copy of the tree on a GPU machine may have no .git).
+SOURCE_FILE = ROOT / ".cache" / "bench-gpu" / "source.json"
 
 
 def say(message: str) -> None:
-    print(f"[bench-gpu +{time.perf_counter() - START:6.1f}s] {message}", flush=True)
+    print(f"[bench-gpu +{time.monotonic() - START:6.1f}s] {message}", flush=True)
 
 
-def remaining(args: argparse.Namespace) -> float:
-    return args.budget_s - (time.perf_counter() - START)
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached this process: stop the running child, write what was measured."""
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _stop(signum: int, _frame: Any) -> None:
+    raise Stopped(signal.Signals(signum).name)
 
 
-def settings(mode: str, device: torch.device) -> dict[str, Any]:
-    """The speed settings of a mode.
-
-    ``authors``: as their code ran (fp32, separate forwards; their ``setup_seed`` sets cudnn.deterministic and turns
-    cudnn.benchmark off, and nothing else). ``default``: the project's defaults, as train.py resolves them.
-    ``default-fp32``: the defaults with ``trainer.precision=32-true``.
-    ``deterministic``: the defaults with ``trainer.deterministic=true`` (what ``experiment=authors`` runs): Lightning
-    also turns on ``torch.use_deterministic_algorithms``, which fills every new tensor's memory (a real cost).
-    """
-    cuda = device.type == "cuda"
-    if mode == "authors":
-        return {"precision": "32-true", "channels_last": False, "batched_eval_forwards": False, "fused_adam": False,
-                "cudnn_deterministic": True, "benchmark": False, "torch_deterministic": False}
-    if mode == "default-fp32":  # the defaults at trainer.precision=32-true: what bf16 adds, apart from the rest
-        return {**settings("default", device), "precision": "32-true"}
-    bf16 = native_bf16(cuda)  # as trainer.precision: null resolves (GPU or avx512_bf16/AMX CPU)
-    strict = mode == "deterministic"
-    return {"precision": "bf16-mixed" if bf16 else "32-true", "channels_last": cuda, "batched_eval_forwards": True,
-            "fused_adam": True, "cudnn_deterministic": strict, "benchmark": cuda and not strict,
-            "torch_deterministic": strict}
-
-
-class IterationTimer(Callback):
-    """Times each training iteration after ``warmup`` (CUDA-synchronised).
-
-    Stops after ``iters`` timed iterations, when the timed ones have taken ``cap_s``, or when the warm-up has taken
-    ``warmup_cap_s`` (a compile's warm-up is bounded by the child process's timeout instead).
-    """
-
-    def __init__(self, device: torch.device, warmup: int, iters: int, cap_s: float,
-                 warmup_cap_s: float | None = None) -> None:
-        self.device, self.warmup, self.iters, self.cap_s = device, warmup, iters, cap_s
-        self.warmup_cap_s = cap_s if warmup_cap_s is None else warmup_cap_s
-        self.count, self.times, self.start, self.last = 0, [], time.perf_counter(), 0.0
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        sync(self.device)
-        now = time.perf_counter()
-        self.count += 1
-        if self.count > self.warmup:
-            self.times.append(now - self.last)
-        self.last = now
-        warming = self.count < self.warmup and now - self.start > self.warmup_cap_s
-        if len(self.times) >= self.iters or sum(self.times) > self.cap_s or warming:
-            trainer.should_stop = True
-
-    def result(self, batch: int) -> dict[str, Any]:
-        if not self.times:
-            raise RuntimeError(f"the {self.warmup} warm-up iterations took over {self.warmup_cap_s:.0f} s")
-        ordered = sorted(self.times)
-        rate = len(self.times) / sum(self.times)
-        return {"iterations_per_s": rate, "images_per_s": rate * batch, "timed_iterations": len(self.times),
-                "min_ms": ordered[0] * 1e3, "median_ms": ordered[len(ordered) // 2] * 1e3}
-
-
-class DeviceBatches:
-    """The same device-resident random batch ``n`` times: compute only, no loader or host-to-device copy."""
-
-    def __init__(self, batch: dict[str, torch.Tensor], n: int) -> None:
-        self.batch, self.n = batch, n
-
-    def __iter__(self):
-        return (self.batch for _ in range(self.n))
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def random_batch(batch: int, size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {"image": torch.randn(batch, 3, size, size, generator=g),
-           "aug_image": torch.randn(batch, 3, size, size, generator=g),
-           "aug_mask": (torch.rand(batch, 1, size, size, generator=g) > 0.9).float(), "index": torch.arange(batch)}
-    return {k: v.to(device) for k, v in out.items()}
-
-
-def fit_timed(template: URDModule, mode: str, args: argparse.Namespace, device: torch.device, loader: Any = None,
-              datamodule: Any = None, compile_backend: str | None = None) -> dict[str, Any]:
-    """Fit a copy of ``template`` for warm-up + timed iterations in ``mode``; rates, settings, peak memory."""
-    s = settings(mode, device)
-    module = copy.deepcopy(template)
-    module.hparams.channels_last = s["channels_last"]
-    module.hparams.batched_eval_forwards = s["batched_eval_forwards"]
-    module.fused_adam = s["fused_adam"]
-    if compile_backend:
-        module.model.compile_parts(backend=compile_backend)
-    torch.backends.cudnn.deterministic = s["cudnn_deterministic"]
-    timer = IterationTimer(device, args.warmup, args.iters, args.cap_s,
-                           warmup_cap_s=float("inf") if compile_backend else None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    trainer = Trainer(accelerator=device.type, devices=1, precision=s["precision"],
-                      deterministic=s["torch_deterministic"],
-                      benchmark=s["benchmark"], max_steps=args.warmup + args.iters,  # URD iterations (URDModule scales)
-                      max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
-    if loader is None and datamodule is None:
-        loader = DeviceBatches(random_batch(args.batch, args.size, device), args.warmup + args.iters)
-    started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader, datamodule=datamodule)
-    out = {**timer.result(args.batch), "wall_s": time.perf_counter() - started, "settings": s,
-           "compile": compile_backend}
-    if device.type == "cuda":
-        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    torch.use_deterministic_algorithms(False)
-    del module, trainer
-    return out
-
-
-def evaluate(template: URDModule, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Evaluation images/s in the defaults (maps + blur + all metrics) and device-vs-CPU metric values."""
-    from urd_lightning.metrics import AnomalyMetrics
-
-    s = settings("default", device)
-    torch.backends.cudnn.benchmark = s["benchmark"]
-    model = copy.deepcopy(template.model).to(device).eval()
-    if s["channels_last"]:
-        model.to(memory_format=torch.channels_last)
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(args.eval_batches, args.batch, 3, args.size, args.size, generator=g)
-    masks = torch.zeros(args.eval_batches, args.batch, 1, args.size, args.size)
-    for b in range(args.eval_batches):  # every other image gets a rectangular defect of random size and place
-        for i in range(0, args.batch, 2):
-            h, w = torch.randint(2, args.size // 4, (2,), generator=g).tolist()
-            y, x = torch.randint(0, args.size - max(h, w), (2,), generator=g).tolist()
-            masks[b, i, 0, y:y + h, x:x + w] = 1
-    autocast = torch.autocast(device.type, enabled=False)  # evaluation runs fp32 whatever the training precision
-
-    def one_pass(metrics: Any, keep: list | None) -> tuple[float, dict[str, float]]:
-        sync(device)
-        started = time.perf_counter()
-        with torch.no_grad(), autocast:
-            for b in range(args.eval_batches):
-                x = images[b].to(device, non_blocking=True)
-                x = x.contiguous(memory_format=torch.channels_last) if s["channels_last"] else x
-                maps, scores = model.predict(x)
-                maps, scores = maps.float(), scores.float()
-                gt = masks[b].to(device)
-                metrics.update(maps, gt, scores, gt.flatten(1).amax(1))
-                if keep is not None:
-                    keep.append((maps.cpu(), scores.cpu()))
-        values = {k: float(v) for k, v in metrics.compute().items()}
-        sync(device)
-        return time.perf_counter() - started, values
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    one_pass(AnomalyMetrics().to(device), None)  # warm-up (cudnn autotuning, allocator)
-    kept: list = []
-    seconds, on_device = one_pass(AnomalyMetrics().to(device), kept)
-    cpu_metrics = AnomalyMetrics()
-    cpu_start = time.perf_counter()
-    for b, (maps, scores) in enumerate(kept):
-        cpu_metrics.update(maps, masks[b], scores, masks[b].flatten(1).amax(1))
-    on_cpu = {k: float(v) for k, v in cpu_metrics.compute().items()}
-    diff = {k: abs(on_device[k] - on_cpu[k]) for k in on_device}
-    n = args.eval_batches * args.batch
-    out = {"images_per_s": n / seconds, "images": n, "metrics_device": on_device, "metrics_cpu": on_cpu,
-           "cpu_metrics_s": time.perf_counter() - cpu_start, "max_abs_diff": max(diff.values()),
-           "equal_1e-6": all(d <= 1e-6 for d in diff.values()), "settings": s}
-    if device.type == "cuda":
-        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return out
-
-
-def loader_section(template: URDModule, args: argparse.Namespace, device: torch.device, workers: int,
-                   demo_root: Path) -> dict[str, Any]:
-    """Loader-only samples/s and training iterations/s with the real loader (defaults) at ``workers`` workers."""
-    from urd_lightning.data.datamodule import AnomalyDataModule
-
-    def datamodule() -> AnomalyDataModule:
-        dm = AnomalyDataModule(benchmark="demo", root=str(demo_root), category="weave", image_size=args.size,
-                               train_batch_size=args.batch, num_workers=workers, foreground="none",
-                               cache_dir=str(demo_root / ".cache"))
-        dm.setup("fit")
-        return dm
-
-    dm = datamodule()
-    loader = dm.train_dataloader()  # one loader: its persistent workers serve every epoch, as in training
-    batches, started, epoch = 0, time.perf_counter(), 0
-    timed_from = time.perf_counter()
-    while batches < args.warmup + args.iters and time.perf_counter() - started < args.cap_s:
-        dm.set_epoch(epoch)
-        for _ in loader:
-            batches += 1
-            if batches == args.warmup:
-                timed_from = time.perf_counter()
-            if batches >= args.warmup + args.iters:
-                break
-        epoch += 1
-    timed = batches - args.warmup
-    only = {"samples_per_s": timed * args.batch / (time.perf_counter() - timed_from)} if timed > 0 else {}
-    batches_per_epoch = len(loader)
-    del loader, dm  # stops its workers before training starts its own
-    trained = fit_timed(template, "default", args, device, datamodule=datamodule())
-    return {"workers": workers, "batches_per_epoch": batches_per_epoch, "loader_only": only, "train": trained}
-
-
-def compile_in_child(args: argparse.Namespace, argv: list[str], budget_left: float) -> dict[str, Any]:
-    """The compiled defaults in a child process, killed (with its compile workers) when the budget runs out."""
-    limit = max(10.0, budget_left - args.reserve_s)
-    part = Path(tempfile.mkdtemp(prefix="urd-bench-")) / "compile.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child-compile", str(part), *argv]
-    # The child imports this checkout's code, like the parent; its own process group lets the timeout kill the
-    # compile workers it starts as well.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen(command, start_new_session=True, env=env)
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader sees the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        child.wait(timeout=limit)
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_child(command: list[str], limit_s: float, env: dict[str, str] | None = None, tick=None,
+              on_start=None) -> tuple[int | None, float]:
+    """Run ``command`` in its own process group for at most ``limit_s`` seconds.
+
+    Returns (exit code, seconds), the code None when the group was killed at the limit. ``on_start(pid)`` is called
+    once it runs, ``tick()`` every few seconds while it runs (to sample clocks). The child also dies with this
+    process (``bench_gpu_sections.die_with_parent``).
+    """
+    started = time.monotonic()
+    child = subprocess.Popen(command, env=env, process_group=0)
+    if on_start is not None:
+        on_start(child.pid)
+    try:
+        while True:
+            left = limit_s - (time.monotonic() - started)
+            if left <= 0:
+                raise subprocess.TimeoutExpired(command, limit_s)
+            try:
+                code = child.wait(timeout=min(left, 5.0))
+                return code, time.monotonic() - started
+            except subprocess.TimeoutExpired:
+                if tick is not None:
+                    tick()
     except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        raise RuntimeError(f"compile + timed iterations did not finish within the {limit:.0f} s left") from None
-    if not part.is_file():
-        raise RuntimeError(f"the compile child process exited with code {child.returncode} and no result")
-    return json.loads(part.read_text())
+        _kill_group(child)
+        return None, time.monotonic() - started
+    except BaseException:  # Stopped, KeyboardInterrupt: never leave a child (and its loader workers) behind
+        _kill_group(child)
+        raise
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    import lightning
-
-    env = {"torch": torch.__version__, "lightning": lightning.__version__, "python": platform.python_version(),
-           "cpus": os.cpu_count(), "device": str(device), "cuda": torch.version.cuda,
-           "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-           "matmul_precision": torch.get_float32_matmul_precision()}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}")
+def _kill_group(child: subprocess.Popen) -> None:
     try:
-        env["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, timeout=10).stdout.strip() or None
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+class Clocks:
+    """GPU clocks, power and temperature sampled through NVML while a section runs (nothing where NVML is absent)."""
+
+    def __init__(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVML library, no GPU, or no permission: the report says "not sampled"
+            self.nvml = self.handle = None
+        self.samples: list[dict[str, float]] = []
+
+    def static(self) -> dict[str, Any]:
+        if self.nvml is None:
+            return {}
+        nv, h = self.nvml, self.handle
+        out: dict[str, Any] = {}
+        for key, read in (("driver", lambda: nv.nvmlSystemGetDriverVersion()),
+                          ("max_sm_clock_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
+                          ("max_memory_clock_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM)),
+                          ("power_limit_w", lambda: nv.nvmlDeviceGetPowerManagementLimit(h) / 1000),
+                          ("persistence_mode", lambda: nv.nvmlDeviceGetPersistenceMode(h))):
+            try:
+                value = read()
+                out[key] = value.decode() if isinstance(value, bytes) else value
+            except Exception:
+                pass
+        return out
+
+    def sample(self) -> None:
+        if self.nvml is None:
+            return
+        nv, h = self.nvml, self.handle
+        try:
+            self.samples.append({"sm_clock_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+                                 "memory_clock_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
+                                 "power_w": nv.nvmlDeviceGetPowerUsage(h) / 1000,
+                                 "temperature_c": nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+                                 "utilization_pct": nv.nvmlDeviceGetUtilizationRates(h).gpu})
+        except Exception:
+            pass
+
+    def take(self) -> dict[str, Any] | None:
+        """min/max of each reading since the last call (None when nothing was sampled)."""
+        samples, self.samples = self.samples, []
+        if not samples:
+            return None
+        return {k: {"min": min(s[k] for s in samples), "max": max(s[k] for s in samples)} for k in samples[0]}
+
+
+def source_digest() -> str:
+    """sha1 of the files a run depends on: tells whether the commit in SOURCE_FILE is still the tree's."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    files = [*sorted((ROOT / "src").rglob("*.py")), *sorted((ROOT / "configs").rglob("*.yaml")),
+             *sorted((ROOT / "experiments").glob("bench_gpu*.py"))]
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def commit() -> dict[str, Any]:
+    """The commit the code is at: from git, else from SOURCE_FILE when the tree is unchanged since it was written."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        if head:
+            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return {"commit": head, "dirty": bool(dirty), "from": "git"}
     except (OSError, subprocess.SubprocessError):
-        env["commit"] = None
-    return env
+        pass
+    try:
+        recorded = json.loads(SOURCE_FILE.read_text())
+    except (OSError, ValueError):
+        return {"commit": None, "from": f"no .git and no {SOURCE_FILE.relative_to(ROOT)} (make bench-gpu-prep)"}
+    if recorded.get("source_digest") != source_digest():
+        return {"commit": None, "from": f"{SOURCE_FILE.relative_to(ROOT)} is of another tree (commit "
+                                        f"{recorded.get('commit')}): run make bench-gpu-prep again"}
+    return {"commit": recorded.get("commit"), "dirty": recorded.get("dirty"), "from": "make bench-gpu-prep"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "results" / "_bench"), help="folder for gpu-<device>.json/.md")
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run: resnet18, 32², batch 2, 1 iteration")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny CPU run of every section (resnet18, 32², batch 2), defaults as on a GPU where a CPU can")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cuda (default: exits at once without one) or cpu, to rehearse the full-size run on a CPU")
     p.add_argument("--backbone", default="wide_resnet50_2.tv_in1k")
     p.add_argument("--injection", default="gii", help="the project default (the authors' scripts: concat)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations per measurement (cudnn autotuning)")
     p.add_argument("--iters", type=int, default=40, help="timed iterations per measurement")
-    p.add_argument("--cap-s", type=float, default=40.0, help="time cap of one measurement")
+    p.add_argument("--cap-s", type=float, default=30.0, help="time cap of one measurement's timed iterations")
     p.add_argument("--eval-batches", type=int, default=10, help="evaluation batches (10 x 16 = a test set)")
-    p.add_argument("--workers", default="8,16", help="loader worker counts to measure")
+    p.add_argument("--workers", default="4", help="loader worker counts to measure, e.g. 4,8 (the default config: 4)")
+    p.add_argument("--train-images", type=int, default=280,
+                   help="training images of the loader's generated category (MVTec carpet: 280 of 1024²)")
+    p.add_argument("--image-side", type=int, default=1024, help="side of the loader's generated PNGs")
     p.add_argument("--sections", default="", help="comma-separated subset, e.g. train_compile (default: all)")
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="the whole script stays within this many seconds (default 420; --smoke: 3600)")
-    p.add_argument("--reserve-s", type=float, default=20.0, help="kept back for the projection and writing")
-    p.add_argument("--child-compile", default=None, help=argparse.SUPPRESS)
+                   help="the whole process ends within this many seconds of its start (default 420; --smoke: 3600)")
+    p.add_argument("--reserve-s", type=float, default=10.0, help="kept back for the projection and the writing")
+    p.add_argument("--record-source", action="store_true",
+                   help=f"write the commit into {SOURCE_FILE.relative_to(ROOT)} and exit (make bench-gpu-prep)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # a section, run by the parent in a child
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:  # every section on the CPU in seconds; the compile section with the no-op "eager" backend
+        args.device = "cpu"
         args.backbone, args.size, args.batch, args.warmup, args.iters = "resnet18", 32, 2, 1, 1
-        args.eval_batches, args.compile_backend = 1, "eager"
-        args.workers = "1" if args.workers == "8,16" else args.workers
+        args.eval_batches, args.compile_backend, args.cap_s = 1, "eager", 600.0
+        args.train_images, args.image_side = 24, 64
+        args.workers = "1" if args.workers == "4" else args.workers
     if args.budget_s is None:  # a smoke run checks that every section works, however loaded the CPU is
         args.budget_s = 3600.0 if args.smoke else 420.0
     return args
 
 
+def plan(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(section, its share of the budget in seconds on top of a child's start-up); compile gets what is left."""
+    # warm-up (capped like the timed part) + timed iterations + Trainer set-up; a smoke run checks that every section
+    # works however loaded the CPU is: only the budget bounds it.
+    measure = float("inf") if args.smoke else args.cap_s * 2 + 20
+    sections = [("train_authors", measure), ("train_default", measure), ("eval", measure)]
+    sections += [(f"loader_{w.strip()}", 2 * measure + 30) for w in args.workers.split(",") if w.strip()]
+    sections.append(("train_compile", float("inf")))
+    chosen = {s.strip() for s in args.sections.split(",") if s.strip()}
+    return [(name, share) for name, share in sections if not chosen or name in chosen]
+
+
+def child_command(args: argparse.Namespace, argv: list[str], section: str, result: Path, deadline: float) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *argv, "--child", section, "--result", str(result),
+            "--deadline", repr(deadline)]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    global START
-    START = time.perf_counter()
+    """Run the benchmark (``argv`` None: this process's arguments, and the budget counts from its start; a list:
+    a call from Python, e.g. a test, and the budget counts from the call)."""
+    started = START if argv is None else time.monotonic()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
-    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    template = URDModule(model={"backbone": args.backbone, "pretrained": False, "injection": args.injection},
-                         image_size=args.size)
-    build_s = time.perf_counter() - started
-    if args.child_compile:  # the compile measurement, run by compile_in_child
-        say(f"compile child: model built in {build_s:.1f} s; compiling ({args.compile_backend}) in the warm-up")
-        result = fit_timed(template, "default", args, device, compile_backend=args.compile_backend)
-        Path(args.child_compile).write_text(json.dumps(result))
-        return result
-    env = environment(device)
-    name = "cpu-smoke" if args.smoke else re.sub(r"[^a-z0-9]+", "-", str(env.get("gpu", "cpu")).lower()).strip("-")
-    report: dict[str, Any] = {"name": name, "args": vars(args), "environment": env,
-                              "model_build_s": build_s, "sections": {}, "errors": {}}
-    say(f"{name}: {args.backbone} {args.size}² batch {args.batch}, model built in {build_s:.1f} s")
-    demo_root = Path(tempfile.mkdtemp(prefix="urd-bench-demo-"))
-    plan: list[tuple[str, Any, float]] = [
-        ("train_authors", lambda: fit_timed(template, "authors", args, device), args.cap_s),
-        ("train_default", lambda: fit_timed(template, "default", args, device), args.cap_s),
-        ("eval", lambda: evaluate(template, args, device), args.cap_s),
-    ]
-    for n in [int(w) for w in args.workers.split(",") if w.strip()]:
-        plan.append((f"loader_{n}", lambda n=n: loader_section(template, args, device, n, demo_root), 2 * args.cap_s))
-    plan.append(("train_compile", lambda: compile_in_child(args, argv, remaining(args)), 60))
-    chosen = {s.strip() for s in args.sections.split(",") if s.strip()}
-    for key, run, needs in plan:
-        if chosen and key not in chosen:
-            continue
-        left = remaining(args)
-        if left - args.reserve_s < needs:
-            report["errors"][key] = f"skipped: {left:.0f} s of the budget left, the section needs up to {needs:.0f} s"
-            say(f"{key}: {report['errors'][key]}")
-            continue
-        say(f"{key} ...")
+    if args.record_source:
+        source = {**commit(), "source_digest": source_digest(), "recorded_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                                time.gmtime())}
+        write_atomic(SOURCE_FILE, json.dumps(source, indent=2) + "\n")
+        print(f"{SOURCE_FILE.relative_to(ROOT)}: commit {source['commit']}{' (dirty)' if source.get('dirty') else ''}")
+        return source
+    if args.child:  # this is a child: run one section (the heavy imports happen only here)
+        from bench_gpu_sections import run_section
+
+        return run_section(args)
+    return Bench(args, argv, started).run()
+
+
+class Bench:
+    """The parent: runs each section in a child within the budget, writes the report after each."""
+
+    def __init__(self, args: argparse.Namespace, argv: list[str], started: float) -> None:
+        self.args, self.argv, self.started = args, argv, started
+        self.end = started + args.budget_s - args.reserve_s  # every child is dead by then
+        self.tmp = Path(tempfile.mkdtemp(prefix="urd-bench-"))
+        # The children import this checkout's package and anything put on PYTHONPATH (the carried omegaconf).
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
+                                                                            os.environ.get("PYTHONPATH")])),
+                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+                    "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "PYTHONUNBUFFERED": "1",
+                    "URD_BENCH_PARENT": str(os.getpid())}
+        self.clocks = Clocks()
+        self.report: dict[str, Any] = {"name": "unknown", "args": vars(args), "sections": {}, "errors": {},
+                                       "skipped": {}, "complete": False}
+        self.out = Path(args.out)
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def path(self, suffix: str) -> Path:
+        return self.out / f"gpu-{self.report['name']}{suffix}"
+
+    def save(self, final: bool = False) -> None:
+        if self.report["name"] == "unknown" and not final:  # the file is named after the GPU: known after a child
+            return
+        self.report["total_s"] = time.monotonic() - self.started
+        write_atomic(self.path(".json"), json.dumps(self.report, indent=2, default=str) + "\n")
+
+    def section(self, name: str, limit_s: float) -> dict[str, Any] | None:
+        """Run one section in a child for at most ``limit_s``; its result, or None with the reason recorded."""
+        result = self.tmp / f"{name}.json"
+        deadline = time.monotonic() + limit_s
+        command = child_command(self.args, self.argv, name, result, deadline)
+        def started(pid: int) -> None:  # a reader of a killed run's JSON sees what was running
+            self.report["running"] = {"section": name, "pid": pid, "result": str(result)}
+            self.save()
+
+        code, seconds = run_child(command, limit_s, self.env, tick=self.clocks.sample, on_start=started)
+        self.report.pop("running", None)
+        clocks = self.clocks.take()
+        if code is None:
+            self.report["errors"][name] = (f"killed after {seconds:.0f} s: its share of the budget "
+                                           f"({limit_s:.0f} s) ran out")
+            return None
         try:
-            report["sections"][key] = run()
-            say(f"{key}: {short(report['sections'][key])}")
-        except Exception as exc:  # one failed section is recorded; the others still run
-            report["errors"][key] = f"{type(exc).__name__}: {exc}".strip()[:2000]
-            say(f"{key} FAILED: {report['errors'][key]}\n{traceback.format_exc(limit=6)}")
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, False
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    try:
-        budgets = yaml.safe_load((ROOT / "configs" / "data" / "mvtec.yaml").read_text())["categories"]
-        report["projection"] = projection(report, {c: int(v["max_steps"]) for c, v in budgets.items()})
-    except Exception as exc:
-        report["errors"]["projection"] = f"{type(exc).__name__}: {exc}"
-    report["total_s"] = time.perf_counter() - START
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown(report)
-    (out / f"gpu-{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / f"gpu-{name}.md").write_text(table + "\n")
-    print(table, flush=True)
-    say(f"wrote {out / f'gpu-{name}.json'} and .md")
-    return report
+            data = json.loads(result.read_text())
+        except (OSError, ValueError):
+            self.report["errors"][name] = f"the child process exited with code {code} and wrote no result"
+            return None
+        if "error" in data:
+            self.report["errors"][name] = data["error"]
+            return None
+        data["child_s"] = seconds
+        if clocks:
+            data["gpu_clocks"] = clocks
+        return data
+
+    def run(self) -> dict[str, Any]:
+        previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._run()
+        except Stopped as stop:
+            self.report["stopped"] = f"{stop} received: sections not started are missing"
+            say(self.report["stopped"])
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.finish()
+        return self.report
+
+    def _run(self) -> None:
+        args = self.args
+        say(f"budget {args.budget_s:.0f} s from process start ({time.monotonic() - self.started:.1f} s ago)")
+        self.report["source"] = commit()
+        if self.left() <= 0:
+            self.report["skipped"] = {name: "no time left in the budget" for name, _ in plan(args)}
+            return
+        env = self.section("environment", min(300.0, self.left()))
+        if env is None:
+            self.report["skipped"] = {name: "the environment section failed" for name, _ in plan(args)}
+            error = self.report["errors"].get("environment", "")
+            if error.startswith("ModuleNotFoundError"):  # the GPU machine's Python lacks a dependency
+                self.report["errors"]["environment"] = (
+                    f"{error}: a package this project needs is missing here; for omegaconf, run `make "
+                    "bench-gpu-prep` on a connected machine and run this with .cache/bench-gpu/site on PYTHONPATH "
+                    "(docs/performance.md, GPU)")
+            say(f"environment FAILED: {self.report['errors']['environment']}")
+            return
+        env.update(self.clocks.static())
+        self.report["environment"] = env
+        smoke_name = "cpu-smoke" if args.smoke else "cpu"
+        self.report["name"] = re.sub(r"[^a-z0-9]+", "-", str(env.get("gpu") or smoke_name).lower()).strip("-")
+        if args.device == "cuda" and not env.get("gpu"):
+            self.report["errors"]["environment"] = (
+                f"no CUDA device visible to torch {env.get('torch')} (built for CUDA {env.get('cuda')}): this script "
+                "measures a GPU; --smoke runs it on the CPU, --device cpu measures the CPU at full size")
+            return
+        startup = float(env["child_s"])  # what every child spends before measuring: imports, CUDA, model build
+        say(f"{self.report['name']}: {env.get('gpu') or 'CPU'}, torch {env.get('torch')}, child start-up "
+            f"{startup:.1f} s; {self.left():.0f} s left")
+        self.save()
+        for name, share in plan(args):
+            left = self.left()
+            if left < startup + 10:
+                self.report["skipped"][name] = (f"{left:.0f} s of the budget left, a child needs {startup:.0f} s to "
+                                                "start")
+                say(f"{name}: skipped ({self.report['skipped'][name]})")
+                continue
+            say(f"{name} ... (at most {min(left, startup + share):.0f} s)")
+            data = self.section(name, min(left, startup + share))
+            if data is not None:
+                self.report["sections"][name] = data
+                say(f"{name}: {short(data)}")
+            else:
+                say(f"{name} FAILED: {self.report['errors'][name].splitlines()[0]}")
+            self.save()
+
+    def finish(self) -> None:
+        """Projection, JSON, then the markdown (a formatting error loses neither the JSON nor the run)."""
+        try:
+            budgets = _read_budgets(ROOT / "configs" / "data" / "mvtec.yaml")
+            paper = (ROOT / "configs" / "experiment" / "paper.yaml").read_text()
+            every = int(re.search(r"^\s*every_n_steps:\s*(\d+)", paper, re.M).group(1))
+            self.report["projection"] = projection(self.report, budgets, every)
+        except Exception as exc:
+            self.report["errors"]["projection"] = f"{type(exc).__name__}: {exc}"
+        self.report["complete"] = "stopped" not in self.report
+        self.save(final=True)
+        try:
+            table = markdown(self.report)
+            write_atomic(self.path(".md"), table + "\n")
+            print(table, flush=True)
+        except Exception as exc:
+            self.report["errors"]["markdown"] = f"{type(exc).__name__}: {exc}"
+            self.save(final=True)
+        say(f"wrote {self.path('.json')} and .md")
+
+
+def _read_budgets(path: Path) -> dict[str, int]:
+    """category -> max_steps from the dataset file (its `categories:` block, one ``name: {max_steps: N, ...}`` line
+    each), read without a YAML library so that this process stays on the standard library."""
+    budgets = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"\s+(\w+):\s*\{.*max_steps:\s*(\d+)", line)
+        if match:
+            budgets[match.group(1)] = int(match.group(2))
+    if not budgets:
+        raise ValueError(f"no 'name: {{max_steps: N}}' lines in {path}")
+    return budgets
 
 
 def short(result: dict[str, Any]) -> str:
     if "train" in result:
         result = {**result["train"], "loader_only": result.get("loader_only")}
-    keys = ("iterations_per_s", "images_per_s", "median_ms", "max_abs_diff", "peak_memory_gib", "loader_only")
+    keys = ("iterations_per_s", "images_per_s", "median_ms", "max_abs_diff", "peak_memory_gib", "child_s")
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items() if k in keys)
 
 
+def cli() -> int:
+    """Exit code: 0 when every planned section ran or was skipped for time, 1 when stopped by a signal or a section
+    failed, 2 when nothing could be measured (no CUDA device, an import error: the one line printed says which)."""
+    report = main()
+    if "sections" not in report:  # --record-source, or a child (whose parent reads its result file)
+        return 1 if "error" in report else 0
+    env_error = report.get("errors", {}).get("environment")
+    if env_error and not report.get("sections"):
+        print(f"bench-gpu: {env_error.splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0 if report.get("complete") and not report["errors"] else 1
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -2,7 +2,7 @@
 
 Runs the real training step (``URDModule.training_step`` under a Lightning ``Trainer``, manual optimisation, two
 Adams) on random tensors, so it measures compute only (no disk, no synthesis), in these modes (settings as in
-``bench_gpu.settings``):
+``bench_gpu_sections.settings``):
 
 - ``authors``: fp32, the expert's and the eval-mode teacher's forwards of x and x~ run separately, PyTorch's
   default (unfused) Adam, cudnn deterministic without cudnn.benchmark (their ``setup_seed``) — what the authors'
@@ -31,7 +31,7 @@ import statistics
 import time
 
 import torch
-from bench_gpu import DeviceBatches, IterationTimer, random_batch, settings
+from bench_gpu_sections import DeviceBatches, IterationTimer, random_batch, settings
 from lightning.pytorch import Trainer
 
 from urd_lightning.training.module import URDModule
