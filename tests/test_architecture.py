@@ -22,12 +22,8 @@ FORBIDDEN = {
     "training": ("deploy", "benchmark"),
     "deploy": ("training", "benchmark"),
     "config": ("models", "data", "metrics", "training", "deploy", "benchmark"),
-    "config_schema": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
-    "config_files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "files": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
-    "ranges": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "checkpoint_io": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
-    "textures": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "hardware": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "errors": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
 }

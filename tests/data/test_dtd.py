@@ -17,13 +17,13 @@ from urd_lightning.benchmark.records import RunRecord
 from urd_lightning.benchmark.report import markdown_table, texture_source
 from urd_lightning.benchmark.runner import VOLATILE_KEYS, Job, config_diff, plan
 from urd_lightning.config import load_config, to_yaml
+from urd_lightning.config.textures import resolve_textures
 from urd_lightning.data import download as dl
 from urd_lightning.data.cli import main as data_main
 from urd_lightning.data.datamodule import AnomalyDataModule
 from urd_lightning.data.dtd import check_dtd
 from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures
 from urd_lightning.errors import ConfigError, DataError
-from urd_lightning.textures import resolve_textures
 from urd_lightning.training.results import summary_table
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from urd_lightning.config_files import read_dataset_file
+from urd_lightning.config.files import read_dataset_file
 from urd_lightning.errors import ConfigError
 
 # Community order of each benchmark's categories (anomalib's README order for MVTec: textures, then objects).

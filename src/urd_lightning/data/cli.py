@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from urd_lightning.config.textures import DEFAULT_DTD_ROOT
 from urd_lightning.data.benchmarks import BENCHMARKS
 from urd_lightning.errors import DataError
-from urd_lightning.textures import DEFAULT_DTD_ROOT
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,7 +18,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from urd_lightning.config_files import read_dataset_file
+from urd_lightning.config.files import read_dataset_file
+from urd_lightning.config.textures import resolve_textures
 from urd_lightning.data.benchmarks import BENCHMARKS, index
 from urd_lightning.data.check import check_dataset, log_warnings, raise_on_problems
 from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
@@ -28,7 +29,6 @@ from urd_lightning.data.synthesis import make_texture_source
 from urd_lightning.data.transforms import check_resize
 from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
-from urd_lightning.textures import resolve_textures
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Allowed ranges of the numeric config keys, checked when the config is loaded (issue 14).
 
-The schema (``config.py``) checks types; these checks catch values of the right type that cannot work
-(``optim.lr_student=-1``, ``data.image_size=100``), before anything is built or written, with one line that names
-the key, the value and the allowed range.
+The schema (``schema.py``, applied by ``load.py``) checks types; these checks catch values of the right type that
+cannot work (``optim.lr_student=-1``, ``data.image_size=100``), before anything is built or written, with one line that
+names the key, the value and the allowed range.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Layers, later wins: ``configs/default.yaml`` ← ``configs/data/<dataset>.yaml`` (its ``data:`` block, optional
 ``model:``/``trainer:`` blocks, and the ``categories:`` table of the authors' per-category budgets, urd-method.md §5)
 ← optional ``configs/experiment/<name>.yaml`` ← ``key=value`` dotlist (the form W&B's ``${args_no_hyphens}`` gives).
-The files are the package's (``config_files.py``), with a user's ``config_dir=PATH`` (or ``URD_CONFIG_DIR``) folder
+The files are the package's (``files.py``), with a user's ``config_dir=PATH`` (or ``URD_CONFIG_DIR``) folder
 of ``data/`` and ``experiment/`` files layered on top. Loading is pure — the same argv gives the same config on every
 DDP rank, so no timestamps or prompts here.
 """
@@ -21,11 +21,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from urd_lightning.config_files import CONFIG_DIR, config_names, config_roots, find_config, load_yaml
-from urd_lightning.config_schema import Config
+from urd_lightning.config.files import CONFIG_DIR, config_names, config_roots, find_config, load_yaml
+from urd_lightning.config.ranges import check_ranges
+from urd_lightning.config.schema import Config
+from urd_lightning.config.textures import resolve_textures
 from urd_lightning.errors import ConfigError
-from urd_lightning.ranges import check_ranges
-from urd_lightning.textures import resolve_textures
 
 __all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "run_name", "to_yaml"]
 

@@ -1,6 +1,6 @@
 """The typed schema of the configuration: every key, its type and its default (``configs/default.yaml`` mirrors it).
 
-``config.py`` loads and merges the YAML layers and the command line onto this schema; unknown keys and wrong types
+``load.py`` loads and merges the YAML layers and the command line onto this schema; unknown keys and wrong types
 stop there with the key's name. Ranges of numeric keys are checked by ``ranges.py``.
 """
 

@@ -26,7 +26,7 @@ def _shipped_configs() -> Traversable:
     if packaged.is_dir():
         return packaged
     # A checkout whose symlinks became plain files (Windows without core.symlinks): the repository's folder.
-    return Path(__file__).resolve().parents[2] / "configs"
+    return Path(__file__).resolve().parents[3] / "configs"
 
 
 CONFIG_DIR = _shipped_configs()
