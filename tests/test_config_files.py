@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from urd_lightning.config import CONFIG_DIR, load_config
-from urd_lightning.data.categories import dataset_categories
+from urd_lightning.config.files import dataset_categories
 from urd_lightning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from typing import Any
 from urd_lightning.benchmark.paper import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE
 from urd_lightning.benchmark.plots import write_plots
 from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, find_runs, group_runs
-from urd_lightning.data.categories import dataset_categories, order_categories
+from urd_lightning.config.files import dataset_categories, order_categories
 from urd_lightning.errors import URDError
 from urd_lightning.files import write_atomic
 

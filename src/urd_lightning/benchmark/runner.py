@@ -37,7 +37,7 @@ from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten,
 from urd_lightning.benchmark.report import write_report
 from urd_lightning.benchmark.slurm import ArrayStillRunning, CategoryTask, SlurmOptions, add_arguments, run_array
 from urd_lightning.benchmark.slurm import options as slurm_options
-from urd_lightning.data.categories import dataset_categories, order_categories
+from urd_lightning.config.files import dataset_categories, order_categories
 from urd_lightning.errors import ConfigError
 from urd_lightning.training.train import train
 
@@ -111,7 +111,8 @@ def plan(dataset: str, overrides: list[str], categories: list[str] | None = None
             run = f"{run}-procedural"
     argv_common = [f"dataset={dataset}", *[o for o in overrides if not o.startswith("run=")], f"run={run}"]
     config_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("config_dir")  # the user's dataset files
-    known = dataset_categories(dataset, config_dir) if categories is None else order_categories(dataset, categories)
+    known = (dataset_categories(dataset, config_dir) if categories is None
+             else order_categories(dataset, categories, config_dir))
     return [Job(c, [*argv_common, f"data.category={c}"], urd_config.load_config([*argv_common, f"data.category={c}"]))
             for c in known]  # fmt: skip
 

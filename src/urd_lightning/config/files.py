@@ -81,3 +81,36 @@ def read_dataset_file(dataset: str, user_dir: str | Path | None = None) -> dict[
     path = find_config("data", dataset, config_roots(user_dir))
     loaded = load_yaml(path) if path is not None else None
     return loaded if isinstance(loaded, dict) else None
+
+
+def dataset_categories(dataset: str, user_dir: str | Path | None = None) -> list[str]:
+    """The categories of ``data/<dataset>.yaml``: its ``categories:`` table, in the file's order.
+
+    The dataset files are the one list of each benchmark's categories; their order is the order of results tables
+    (for MVTec AD the community's: the five textures, then the ten objects).
+
+    Args:
+        dataset: the dataset file's name.
+        user_dir: the user's config folder layered over the shipped configs (``config_dir=``; default
+            ``URD_CONFIG_DIR``).
+
+    Raises:
+        ConfigError: no such dataset file, or it has no ``categories:`` table.
+    """
+    loaded = read_dataset_file(dataset, user_dir)
+    table = (loaded or {}).get("categories")
+    if not table:
+        where = f"data/{dataset}.yaml has no categories: table" if loaded else f"no data/{dataset}.yaml config"
+        raise ConfigError(f"{where}; name the categories with categories=a,b,c")
+    return [str(name) for name in table]
+
+
+def order_categories(dataset: str, categories: list[str] | tuple[str, ...],
+                     user_dir: str | Path | None = None) -> list[str]:
+    """``categories`` (duplicates dropped) in the dataset file's order, then those it lacks alphabetically."""
+    try:
+        known = dataset_categories(dataset, user_dir)
+    except ConfigError:
+        known = []
+    unique = list(dict.fromkeys(categories))
+    return [c for c in known if c in unique] + sorted(c for c in unique if c not in known)

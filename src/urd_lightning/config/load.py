@@ -37,6 +37,7 @@ CHOICES = {
     "model.injection": ("concat", "gii", "none"),
     "data.resize": ("pil", "cv2"),
     "data.textures": ("auto", "dtd", "procedural", "none"),
+    "data.foreground": ("auto", "none", "otsu", "grabcut"),
 }
 
 
@@ -190,6 +191,9 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"'{key}={value}' is not valid; choose one of: {', '.join(allowed)}")
+    if cfg.data.foreground == "auto":  # the category's method from the dataset file; none for a category it lacks
+        chosen = categories.get(str(cfg.data.category)) or {}
+        cfg.data.foreground = str(chosen.get("foreground", "none"))
     if cfg.model.train_teacher and cfg.model.expert and not cfg.data.synthesis:
         raise ConfigError("model.train_teacher=true needs data.synthesis=true (the teacher learns from synthetic "
                           "anomalies); set model.train_teacher=false for a frozen teacher")
