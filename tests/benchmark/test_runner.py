@@ -374,8 +374,8 @@ def test_documented_commands_resolve(tmp_path: Path, capsys: pytest.CaptureFixtu
     for argv in trains:
         load_config(argv)
     for argv in benches:  # the runner's flags parse, and the overrides resolve (for one category: fast)
-        args, overrides = benchmark._parser().parse_known_args(argv)
-        pairs = dict(item.split("=", 1) for item in overrides)
+        parsed = benchmark.read_command_line(benchmark.BENCHMARK, argv)
+        args, pairs = parsed.values, dict(item.split("=", 1) for item in parsed.overrides)
         dataset = pairs.pop("dataset", "demo")
-        first = args.categories.split(",")[:1] if args.categories else benchmark.dataset_categories(dataset)[:1]
+        first = args["categories"].split(",")[:1] if args["categories"] else dataset_categories(dataset)[:1]
         plan(dataset, [f"{k}={v}" for k, v in pairs.items()], categories=first)

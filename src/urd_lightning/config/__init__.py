@@ -10,7 +10,7 @@ The layers below (``data``, ``models``) receive resolved values and never read a
 """
 
 from urd_lightning.config.files import CONFIG_DIR
-from urd_lightning.config.load import load_config, print_config_main, run_name, to_yaml
+from urd_lightning.config.load import load_config, print_config_main, read_command_line, run_name, to_yaml
 from urd_lightning.config.schema import Config
 
-__all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "run_name", "to_yaml"]
+__all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "read_command_line", "run_name", "to_yaml"]

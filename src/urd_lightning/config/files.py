@@ -11,12 +11,15 @@ others stay available), and its ``default.yaml``, if any, is merged over the shi
 from __future__ import annotations
 
 import os
+import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from urd_lightning.errors import ConfigError
 
@@ -71,9 +74,26 @@ def find_config(kind: str, name: str, roots: list[Traversable]) -> Traversable |
 
 
 def load_yaml(path: Traversable) -> Any:
-    """A YAML file (on disk or inside an installed package) as plain Python data."""
-    with path.open("r", encoding="utf-8") as handle:
-        return OmegaConf.to_container(OmegaConf.load(handle), resolve=True)
+    """A YAML file (on disk or inside an installed package) as plain Python data.
+
+    Raises:
+        ConfigError: the file is not valid YAML, or holds a tag that is never executed (``!!python/...``), or an
+            interpolation that cannot be resolved: one line with the file and the line.
+    """
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            return OmegaConf.to_container(OmegaConf.load(handle), resolve=True)
+    except yaml.YAMLError as exc:
+        mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if opened is not None and mark is not None and opened.line != mark.line:
+            problem += f", in what line {opened.line + 1} opened"
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix that line (YAML tags such as !!python/... are "
+                          "never executed)") from None
+    except OmegaConfBaseException as exc:
+        msg = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"{path}: {msg}") from None
 
 
 def read_dataset_file(dataset: str, user_dir: str | Path | None = None) -> dict[str, Any] | None:
@@ -114,3 +134,26 @@ def order_categories(dataset: str, categories: list[str] | tuple[str, ...],
         known = []
     unique = list(dict.fromkeys(categories))
     return [c for c in known if c in unique] + sorted(c for c in unique if c not in known)
+
+
+def key_descriptions(path: Traversable | None = None) -> dict[str, str]:
+    """Each key's one-line comment in ``default.yaml`` (dotted keys): the description ``--help`` shows.
+
+    The file is written one key per line, ``key: value  # description``, sections indented by two spaces; the
+    comment is the one text a reader of the file and a reader of ``urd train --help`` see.
+    """
+    text = (path or CONFIG_DIR / "default.yaml").read_text(encoding="utf-8")
+    found: dict[str, str] = {}
+    parents: list[str] = []
+    for line in text.splitlines():
+        match = re.match(r"^( *)([A-Za-z_][A-Za-z0-9_]*):(.*)$", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 2
+        parents = parents[:depth]
+        key = ".".join([*parents, match.group(2)])
+        _, sep, comment = match.group(3).partition(" #")
+        if sep:
+            found[key] = comment.strip()
+        parents.append(match.group(2))
+    return found

@@ -6,7 +6,7 @@ stop there with the key's name. Ranges of numeric keys are checked by ``ranges.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 
@@ -122,3 +122,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def key_types(schema: type = Config, prefix: str = "") -> dict[str, str]:
+    """Every leaf key of the schema (dotted) with its type as written here (``int``, ``str | None``; ``Any``: any)."""
+    out: dict[str, str] = {}
+    for item in fields(schema):
+        section = item.default_factory if item.default_factory is not MISSING else None
+        if section is not None and is_dataclass(section):
+            out.update(key_types(section, f"{prefix}{item.name}."))  # type: ignore[arg-type]
+        else:
+            out[f"{prefix}{item.name}"] = "any" if str(item.type) == "Any" else str(item.type)
+    return out
