@@ -186,9 +186,9 @@ def parse_command_line(command: Command, argv: Sequence[str], config_keys: Itera
         else:
             values[option.name] = value
         parsed.given.add(option.name)
-    missing = [o.name for o in command.options if required and o.required and values[o.name] in (None, [])]
+    missing = [o for o in command.options if required and o.required and values[o.name] in (None, [])]
     if missing:
-        raise ConfigError(f"{command.name}: missing {', '.join(f'{name}=...' for name in missing)}; "
+        raise ConfigError(f"{command.name}: missing {', '.join(f'{o.name}=... ({o.help})' for o in missing)}; "
                           f"`urd {command.name} --help` lists the keys")
     return parsed
 
