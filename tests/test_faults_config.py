@@ -3,7 +3,6 @@ are one line naming the key or the file (and line), exit 2, no traceback, nothin
 
 import pytest
 import torch
-
 from tests.test_faults import SMALL, run_cli
 
 
