@@ -115,7 +115,9 @@ def _check_interpolations(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or "?"
-        raw = _flatten(OmegaConf.to_container(cfg, resolve=False)).get(key, "?")  # type: ignore[arg-type]
+        raw: Any = OmegaConf.to_container(cfg, resolve=False)  # the value as given, ${...} and all
+        for part in str(key).split("."):
+            raw = raw.get(part, "?") if isinstance(raw, dict) else "?"
         msg = str(getattr(exc, "msg", exc)).splitlines()[0]
         raise ConfigError(f"cannot resolve '{key}={raw}': {msg}; give {key} a plain value, or an interpolation "
                           "of an existing key (${data.category}) or a set variable (${oc.env:NAME,default})") from None
