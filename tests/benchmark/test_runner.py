@@ -342,7 +342,7 @@ def test_multinode_script_builds_a_valid_ddp_config(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     argv = (tmp_path / "argv").read_text().splitlines()
     assert argv[1:4] == ["-m", "urd_lightning", "train"]
-    cfg = load_config(argv[4:])
+    cfg = load_config(argv[4:], here=False)  # a GPU node's config: this machine's GPUs are not the node's
     assert (cfg.dataset, cfg.data.category, cfg.model.injection) == ("visa", "pcb1", "gii")
     assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.resume) == (2, 4, "auto")
     # No strategy key: 8 processes get DDP with find_unused_parameters=True (training/builders.py).
