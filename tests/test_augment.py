@@ -1,4 +1,4 @@
-"""``data.augment`` resolved at config load (augment.py): false | flips | an albumentations pipeline, recorded whole."""
+"""``data.augment`` resolved at config load (config/augment.py): false, flips or an albumentations pipeline."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from urd_lightning.augment import FLIPS, INSTALL, Pipeline, albumentations, resolve_augment
 from urd_lightning.config import load_config, to_yaml
-from urd_lightning.config_files import CONFIG_DIR
+from urd_lightning.config.augment import FLIPS, INSTALL, Pipeline, albumentations, resolve_augment
+from urd_lightning.config.files import CONFIG_DIR
 from urd_lightning.errors import ConfigError
 
 CAMERA = CONFIG_DIR / "augment" / "camera.yaml"
@@ -121,7 +121,7 @@ def test_albumentations_is_imported_without_its_network_version_check():
     code = ("import urllib.request\n"
             "calls = []\n"
             "urllib.request.build_opener = lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError('net'))\n"
-            "from urd_lightning.augment import albumentations\n"
+            "from urd_lightning.config.augment import albumentations\n"
             "albumentations()\n"
             "print(len(calls))\n")
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}

@@ -117,3 +117,14 @@ def test_default_yaml_documents_every_key():
 def test_zero_iterations_is_allowed_it_evaluates_the_untrained_network():
     # README's "untrained" row: trainer.max_steps=0 trains nothing and evaluates; negative values are refused.
     assert load_config(["dataset=demo", "trainer.max_steps=0"]).trainer.max_steps == 0
+
+
+def test_the_precisions_checked_at_load_are_lightnings():
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision import precision as lightning_precision
+
+    from urd_lightning.config.ranges import PRECISIONS
+
+    accepted = [str(v) for alias in get_args(lightning_precision._PRECISION_INPUT) for v in get_args(alias)]
+    assert sorted(PRECISIONS) == sorted(set(accepted))

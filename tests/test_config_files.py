@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from urd_lightning.config import CONFIG_DIR, load_config
-from urd_lightning.data.categories import dataset_categories
+from urd_lightning.config.files import dataset_categories
 from urd_lightning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +70,28 @@ def test_bad_folders_and_names_say_what_to_do(user_dir: Path, tmp_path: Path):
         load_config([f"config_dir={tmp_path / 'nowhere'}"])
     with pytest.raises(ConfigError, match=r"no dataset config 'minee'; choose one of: .*mine.*mvtec.*config_dir=PATH"):
         load_config(["dataset=minee", f"config_dir={user_dir}"])
+
+
+def test_a_user_dataset_file_with_its_own_categories_holds_everywhere(tmp_path: Path, capsys):
+    # The dataset file is the one list of categories and their settings: load, data check, benchmark and the data
+    # module all follow a user's file (MVTec layout, categories no shipped file knows).
+    from helpers.datasets import write_mvtec_layout
+    from urd_lightning.__main__ import main
+    from urd_lightning.benchmark.runner import plan
+    from urd_lightning.data.datamodule import AnomalyDataModule
+
+    root = write_mvtec_layout(tmp_path / "parts", {"gear": False, "nut": True})
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "data" / "parts.yaml").write_text(
+        f"data:\n  benchmark: mvtec\n  root: {root}\n  category: gear\n"
+        "categories:\n  nut: {max_steps: 3}\n  gear: {max_steps: 4, foreground: otsu}\n")
+    gear = load_config(["dataset=parts", f"config_dir={mine}", "data.foreground=auto"])
+    assert (gear.data.foreground, gear.trainer.max_steps) == ("otsu", 4)  # resolved once, from the user's file
+    assert load_config(["dataset=parts", "data.category=nut"], config_dir=mine).data.foreground == "none"
+    assert [job.category for job in plan("parts", [f"config_dir={mine}"])] == ["nut", "gear"]  # the file's order
+    assert main(["data", "check", "parts", f"config_dir={mine}"]) == 0
+    assert "gear" in capsys.readouterr().out
+    module = AnomalyDataModule(**{k: v for k, v in gear.data.items()})
+    module.setup("test")
+    assert module.foreground == "otsu" and len(module.test_data) > 0

@@ -1,21 +1,25 @@
-"""Command line: ``python -m urd_lightning <command> [key=value ...]``.
+"""Command line: ``urd <command> [key=value ...]`` (``urd`` is ``python -m urd_lightning``).
 
 Every command is a ``main(argv) -> int`` in its own module, imported only when called so that ``--help`` and
-``data check`` start fast. User errors (:class:`urd_lightning.errors.URDError`) print one clear message and exit 2,
-never a stack trace.
+``data check`` start fast; every command reads its arguments by the one grammar of ``config/cli.py`` and
+``urd <command> --help`` lists its keys. User errors (:class:`urd_lightning.errors.URDError`) print one clear message
+and exit 2, never a stack trace.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
+
+from urd_lightning import __version__
 
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("urd_lightning.training.train", "main", "train and evaluate one (dataset, category): train k=v ..."),
     "test": ("urd_lightning.training.evaluate", "main", "evaluate a checkpoint: test ckpt=PATH [key=value ...]"),
     "print-config": ("urd_lightning.config", "print_config_main", "show the resolved config: print-config key=value"),
-    "data": ("urd_lightning.data.cli", "main", "datasets: data download|check|demo <benchmark> --root DIR"),
+    "data": ("urd_lightning.data.cli", "main", "datasets: data download|check|demo <benchmark> root=DIR"),
     "predict": ("urd_lightning.deploy.predict", "main", "score images: predict ckpt=PATH input=FILE|DIR output=DIR"),
     "export": ("urd_lightning.deploy.export", "main", "export a model: export ckpt=PATH format=onnx|torchscript"),
     "benchmark": ("urd_lightning.benchmark.runner", "main", "every category of a benchmark: benchmark dataset=mvtec"),
@@ -24,9 +28,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: python -m urd_lightning <command> [args]", "", "commands:"]
+    lines = ["usage: urd <command> [key=value ...]    (urd is python -m urd_lightning)", "", "commands:"]
     lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "Run 'python -m urd_lightning <command> --help' for a command's options."]
+    lines += ["", "Run 'urd <command> --help' for a command's keys (type, default, description); "
+              "'urd --version' for the version."]
     return "\n".join(lines)
 
 
@@ -36,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
+    if argv[0] in {"-V", "--version"}:
+        print(f"urd-lightning {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        print(f"error: unknown command {name!r}.{hint} `urd --help` lists the commands: {', '.join(COMMANDS)}",
+              file=sys.stderr)
         return 2
     module_name, func_name, _ = COMMANDS[name]
     from urd_lightning.errors import URDError

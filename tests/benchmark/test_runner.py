@@ -17,7 +17,7 @@ import pytest
 from urd_lightning.benchmark import runner as benchmark
 from urd_lightning.benchmark.runner import Job, benchmark_run_name, plan, run_benchmark
 from urd_lightning.config import to_yaml
-from urd_lightning.data.categories import CATEGORY_ORDER
+from urd_lightning.config.files import dataset_categories
 from urd_lightning.errors import ConfigError
 
 FAKE_TRAIN = r"""
@@ -61,7 +61,7 @@ def fake_in_process(monkeypatch: pytest.MonkeyPatch):
 
 def test_plan_resolves_every_category_in_community_order(tmp_path: Path):
     jobs = plan("mvtec", ["experiment=paper", f"output_dir={tmp_path}"])
-    assert [j.category for j in jobs] == list(CATEGORY_ORDER["mvtec"])
+    assert [j.category for j in jobs] == dataset_categories("mvtec")  # the dataset file's order
     assert {str(j.cfg.run) for j in jobs} == {"paper"}
     by_cat = {j.category: j for j in jobs}
     assert by_cat["cable"].cfg.trainer.max_steps == 10000  # the dataset file's per-category budget still applies
@@ -317,7 +317,7 @@ def test_array_task_trains_its_category(tmp_path: Path):
     done = subprocess.run(["bash", str(SLURM / "array_categories.sbatch")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     (line,) = done.stdout.splitlines()
-    assert CATEGORY_ORDER["mvtec"][3] == "tile" and "data.category=tile" in line
+    assert dataset_categories("mvtec")[3] == "tile" and "data.category=tile" in line
     assert "trainer.devices=1" in line and "data.num_workers=6" in line and "run=paper " in line
     # The dependent --report-only job (README) computes the same run name without the per-task keys.
     assert benchmark_run_name(["experiment=paper", "trainer.devices=1", "data.num_workers=6"]) == "paper"
@@ -342,7 +342,7 @@ def test_multinode_script_builds_a_valid_ddp_config(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     argv = (tmp_path / "argv").read_text().splitlines()
     assert argv[1:4] == ["-m", "urd_lightning", "train"]
-    cfg = load_config(argv[4:])
+    cfg = load_config(argv[4:], here=False)  # a GPU node's config: this machine's GPUs are not the node's
     assert (cfg.dataset, cfg.data.category, cfg.model.injection) == ("visa", "pcb1", "gii")
     assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.resume) == (2, 4, "auto")
     # No strategy key: 8 processes get DDP with find_unused_parameters=True (training/builders.py).
@@ -374,8 +374,8 @@ def test_documented_commands_resolve(tmp_path: Path, capsys: pytest.CaptureFixtu
     for argv in trains:
         load_config(argv)
     for argv in benches:  # the runner's flags parse, and the overrides resolve (for one category: fast)
-        args, overrides = benchmark._parser().parse_known_args(argv)
-        pairs = dict(item.split("=", 1) for item in overrides)
+        parsed = benchmark.read_command_line(benchmark.BENCHMARK, argv)
+        args, pairs = parsed.values, dict(item.split("=", 1) for item in parsed.overrides)
         dataset = pairs.pop("dataset", "demo")
-        first = args.categories.split(",")[:1] if args.categories else benchmark.dataset_categories(dataset)[:1]
+        first = args["categories"].split(",")[:1] if args["categories"] else dataset_categories(dataset)[:1]
         plan(dataset, [f"{k}={v}" for k, v in pairs.items()], categories=first)

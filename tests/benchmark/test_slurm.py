@@ -26,7 +26,7 @@ from urd_lightning.benchmark import runner as benchmark
 from urd_lightning.benchmark import slurm
 from urd_lightning.benchmark.runner import Job
 from urd_lightning.config import to_yaml
-from urd_lightning.data.categories import dataset_categories
+from urd_lightning.config.files import dataset_categories
 from urd_lightning.errors import ConfigError
 from urd_lightning.training import preemption
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers.datasets import CASES
-from urd_lightning.augment import resolve_augment
+from urd_lightning.config.augment import resolve_augment
 from urd_lightning.data.datamodule import AnomalyDataModule
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
@@ -120,7 +120,7 @@ def test_show_augment_needs_a_category(mvtec_root):
     from urd_lightning.data.cli import main
     from urd_lightning.errors import DataError
 
-    with pytest.raises(DataError, match="--show-augment needs --category"):
+    with pytest.raises(DataError, match="show_augment needs category="):
         main(["check", "mvtec", "--root", str(mvtec_root), "--show-augment", "flips"])
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers.datasets import write_mvtec, write_visa_official
+from urd_lightning.config.files import dataset_categories
 from urd_lightning.data.check import check_dataset
 from urd_lightning.data.cli import main as data_main
 from urd_lightning.data.datamodule import AnomalyDataModule
@@ -43,13 +44,15 @@ def test_every_problem_named(broken_mvtec):
 
 
 def test_unknown_category_and_missing_root(tmp_path, mvtec_root):
-    assert "unknown category" in str(check_dataset("mvtec", mvtec_root, "bottel").problems[0])
+    known = dataset_categories("mvtec")  # the dataset file's list, as `data check` passes it
+    assert "unknown category" in str(check_dataset("mvtec", mvtec_root, "bottel", known=known).problems[0])
     assert "does not exist" in str(check_dataset("mvtec", tmp_path / "nope").problems[0])
 
 
 def test_clean_trees_have_no_problems(fake_roots):
     for case in ("mvtec", "visa", "visa_converted", "btad", "mpdd"):
-        report = check_dataset(case.split("_")[0], fake_roots[case])
+        benchmark = case.split("_")[0]
+        report = check_dataset(benchmark, fake_roots[case], known=dataset_categories(benchmark))
         assert report.ok, report.format()
         assert report.counts and report.mask_coverage
 

@@ -111,6 +111,6 @@ def test_foreground_restricts_training_masks(fake_roots, tmp_path):
 
 def test_demo_generated_on_first_use(tmp_path):
     dm = AnomalyDataModule("demo", root=str(tmp_path / "demo"), category="disc", image_size=32, num_workers=0,
-                           cache_dir=str(tmp_path / "fg"))
+                           foreground="otsu", cache_dir=str(tmp_path / "fg"))
     dm.setup("fit")
     assert dm.foreground == "otsu" and len(dm.train_data) == 80 and len(dm.test_data) == 48

@@ -17,13 +17,13 @@ from urd_lightning.benchmark.records import RunRecord
 from urd_lightning.benchmark.report import markdown_table, texture_source
 from urd_lightning.benchmark.runner import VOLATILE_KEYS, Job, config_diff, plan
 from urd_lightning.config import load_config, to_yaml
+from urd_lightning.config.textures import resolve_textures
 from urd_lightning.data import download as dl
 from urd_lightning.data.cli import main as data_main
 from urd_lightning.data.datamodule import AnomalyDataModule
 from urd_lightning.data.dtd import check_dtd
 from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures
 from urd_lightning.errors import ConfigError, DataError
-from urd_lightning.textures import resolve_textures
 from urd_lightning.training.results import summary_table
 
 
@@ -104,15 +104,20 @@ def test_dtd_required_but_missing_says_how_to_get_it(tmp_path, mvtec_root):
         module.setup("fit")
 
 
-def test_datamodule_uses_the_texture_source_it_resolves(tmp_path, mvtec_root):
+def test_datamodule_uses_the_resolved_texture_source_it_is_given(tmp_path, mvtec_root):
     dtd = write_dtd(tmp_path / "dtd" / "images").parent
     chosen = {}
-    for textures in ("auto", "procedural"):
+    for textures in ("dtd", "procedural"):
         module = AnomalyDataModule("mvtec", str(mvtec_root), "bottle", image_size=32, num_workers=0,
                                    textures=textures, dtd_root=str(dtd), foreground="none")
         module.setup("fit")
         chosen[textures] = type(module.train_data.source)
-    assert chosen == {"auto": DTDTextures, "procedural": ProceduralTextures}
+    assert chosen == {"dtd": DTDTextures, "procedural": ProceduralTextures}
+    # `auto` is the config's to resolve (load_config, once): the data layer never guesses it again.
+    with pytest.raises(ConfigError, match="data.textures='auto': the data module takes dtd, procedural, none"):
+        AnomalyDataModule("mvtec", str(mvtec_root), "bottle", textures="auto")
+    with pytest.raises(ConfigError, match="data.foreground='auto'"):
+        AnomalyDataModule("mvtec", str(mvtec_root), "bottle", foreground="auto")
 
 
 def test_check_dtd_counts_and_lists_unreadable(tmp_path, capsys):

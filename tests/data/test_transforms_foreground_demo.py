@@ -10,7 +10,6 @@ from PIL import Image
 
 from urd_lightning.data import demo
 from urd_lightning.data.cli import main as data_main
-from urd_lightning.data.datamodule import resolve_foreground
 from urd_lightning.data.foreground import cached_foreground, compute_foreground
 from urd_lightning.data.transforms import Resizer, denormalize, normalize, read_mask, read_rgb
 
@@ -70,14 +69,6 @@ def test_foreground_methods_and_cache(tmp_path):
     cv2.imwrite(str(path), 255 - image)  # the image changed: a new cache entry
     cached_foreground(path, "otsu", 64, tmp_path / "cache")
     assert len(list((tmp_path / "cache").iterdir())) == 2
-
-
-def test_auto_foreground_reads_the_yaml():
-    assert resolve_foreground("mvtec", "screw", "auto") == "otsu"
-    assert resolve_foreground("mvtec", "bottle", "auto") == "grabcut"
-    assert resolve_foreground("mvtec", "transistor", "auto") == "none"
-    assert resolve_foreground("visa", "capsules", "auto") == "grabcut"
-    assert resolve_foreground("mvtec", "screw", "none") == "none"
 
 
 def test_demo_deterministic_stamped_and_valid(tmp_path):

@@ -121,6 +121,6 @@ def test_export_errors(tiny: dict, tmp_path: Path) -> None:
 
 def test_cli_export_errors(tiny: dict, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["export", "format=onnx"]) == 2
-    assert "ckpt=PATH" in capsys.readouterr().err
+    assert "missing ckpt=... (checkpoint written by training)" in capsys.readouterr().err
     assert cli_main(["export", f"ckpt={tiny['ckpt']}", "format=tflite"]) == 2
-    assert "format=onnx, format=torchscript or format=weights" in capsys.readouterr().err
+    assert "format='tflite'; choose one of: onnx, torchscript, weights" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Results folder -> CSV, markdown table beside the paper's means, and plots: ``python -m urd_lightning report DIR``.
+"""Results folder -> CSV, markdown table beside the paper's means, and plots: ``urd report DIR``.
 
 Reads the ``results/<dataset>/<category>/<run>/metrics.json`` files that training writes (docs/design.md,
 "results") and, for every (dataset, run) found, writes under ``<dataset folder>/_reports/<run>/``:
@@ -10,7 +10,6 @@ functions.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -20,7 +19,9 @@ from typing import Any
 from urd_lightning.benchmark.paper import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE
 from urd_lightning.benchmark.plots import write_plots
 from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, find_runs, group_runs
-from urd_lightning.data.categories import dataset_categories, order_categories
+from urd_lightning.config import read_command_line
+from urd_lightning.config.cli import Command, Option
+from urd_lightning.config.files import dataset_categories, order_categories
 from urd_lightning.errors import URDError
 from urd_lightning.files import write_atomic
 
@@ -80,7 +81,7 @@ def markdown_table(dataset: str, run: str, records: list[RunRecord], expected: l
     """
     done = {r.category: r for r in records if r.status == "done"}
     others = {r.category: r for r in records if r.status != "done"}
-    categories = order_categories(dataset, list(expected or []) + [r.category for r in records])
+    categories = _order(dataset, expected, records)
     title = f"## URD on {dataset} — run `{run}` (final iteration)"
     lines = [title, "", _row("category", list(TABLE_COLUMNS.values())), "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
     for cat in categories:
@@ -168,7 +169,7 @@ def write_report(
     """Write results.csv, results.md and (optionally) the plots for one (dataset, run); returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    order = order_categories(dataset, list(expected or []) + [r.category for r in records])
+    order = _order(dataset, expected, records)
     records = sorted(records, key=lambda r: order.index(r.category))
     paths = {"csv": write_csv(records, out / "results.csv"), "markdown": out / "results.md"}
     write_atomic(paths["markdown"], markdown_table(dataset, run, records, expected))
@@ -177,31 +178,47 @@ def write_report(
     return paths
 
 
-def _known_categories(dataset: str) -> list[str] | None:
+def _order(dataset: str, expected: list[str] | None, records: list[RunRecord]) -> list[str]:
+    """``expected`` as given (the dataset file's order), then the others of ``records`` (shipped file's order)."""
+    listed = list(dict.fromkeys(expected or []))
+    return listed + order_categories(dataset, [r.category for r in records if r.category not in listed])
+
+
+def _known_categories(dataset: str, config_dir: str | None) -> list[str] | None:
     """The benchmark's full category list, so a partial results folder shows what is missing (None if unknown)."""
     try:
-        return dataset_categories(dataset)
+        return dataset_categories(dataset, config_dir)
     except URDError:
         return None
 
 
+REPORT = Command("report", "Tables and plots for every (dataset, run) under a results folder.", options=(
+    Option("results", str, None, "a results folder: results/, results/<dataset> or one run folder", positional=True,
+           required=True),
+    Option("out", str, None, "where to write (default: <dataset folder>/_reports/<run>)"),
+    Option("plots", bool, True, "write the plots beside the CSV and markdown table", aliases=("--no-plots",)),
+    Option("config_dir", str, None, "your folder of data/<name>.yaml files (the category lists of your own "
+           "datasets); null = the folder each run recorded"),
+), examples=("urd report results/", "urd report results/mvtec out=/tmp/tables plots=false"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``report DIR [--out DIR] [--no-plots]``: tables and plots for every (dataset, run) under DIR."""
-    parser = argparse.ArgumentParser(prog="python -m urd_lightning report", description=main.__doc__)
-    parser.add_argument("results", help="a results folder: results/, results/<dataset> or one run folder")
-    parser.add_argument("--out", help="where to write (default: <dataset folder>/_reports/<run>)")
-    parser.add_argument("--no-plots", action="store_true", help="only the CSV and markdown table")
-    args = parser.parse_args(argv)
+    """``report DIR [out=DIR] [plots=false]``: tables and plots for every (dataset, run) under DIR."""
+    args = read_command_line(REPORT, list(argv or []))
+    if args is None:  # --help
+        return 0
+    values = args.values
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    groups = group_runs(find_runs(args.results))
+    groups = group_runs(find_runs(values["results"]))
     if not groups:
-        raise URDError(f"no metrics.json under {args.results}; train first (python -m urd_lightning train ...).")
+        raise URDError(f"no metrics.json under {values['results']}; train first (urd train ...).")
     for (dataset, run), records in sorted(groups.items()):
-        if args.out:
-            out = Path(args.out) / (f"{dataset}-{run}" if len(groups) > 1 else "")
+        if values["out"]:
+            out = Path(values["out"]) / (f"{dataset}-{run}" if len(groups) > 1 else "")
         else:
             out = records[0].path.parent.parent / REPORTS_DIRNAME / run  # results/<dataset>/_reports/<run>
-        paths = write_report(dataset, run, records, out, _known_categories(dataset), plots=not args.no_plots)
+        config_dir = values["config_dir"] or records[0].config.get("config_dir")  # where its dataset file was
+        paths = write_report(dataset, run, records, out, _known_categories(dataset, config_dir), plots=values["plots"])
         log.info("%s", paths["markdown"].read_text())
         log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0

@@ -1,8 +1,8 @@
 """Benchmark runner: train and evaluate every category of a benchmark, then write the results table.
 
-``python -m urd_lightning benchmark dataset=mvtec [experiment=paper] [key=value ...] [--categories a,b]
-[--jobs N] [--gpus 0,1,2,3] [--slurm [--slurm-partition P ...]] [--in-process] [--force] [--task-index N]
-[--dry-run] [--report-only]``
+``urd benchmark dataset=mvtec [experiment=paper] [key=value ...] [categories=a,b] [jobs=N] [gpus=0,1,2,3]
+[slurm=true [slurm_partition=P ...]] [in_process=true] [force=true] [task_index=N] [dry_run=true]
+[report_only=true]``; each key also as a flag (``--categories a,b --jobs 8 --slurm --slurm-partition P``).
 
 One (dataset, category) per process (design.md): each category runs ``python -m urd_lightning train`` in a fresh
 subprocess, so memory, CUDA state and W&B runs stay separate. By default they run one after the other; ``--jobs N``
@@ -18,7 +18,6 @@ skipped (resumable); a failed category is recorded and the runner goes on. The t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import shlex
@@ -26,6 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -35,9 +35,12 @@ from urd_lightning import config as urd_config
 from urd_lightning.benchmark.launchers import gpu_slots, run_concurrently, run_logged
 from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten, read_run
 from urd_lightning.benchmark.report import write_report
-from urd_lightning.benchmark.slurm import ArrayStillRunning, CategoryTask, SlurmOptions, add_arguments, run_array
+from urd_lightning.benchmark.slurm import OPTIONS as SLURM_OPTIONS
+from urd_lightning.benchmark.slurm import ArrayStillRunning, CategoryTask, SlurmOptions, run_array
 from urd_lightning.benchmark.slurm import options as slurm_options
-from urd_lightning.data.categories import dataset_categories, order_categories
+from urd_lightning.config import read_command_line
+from urd_lightning.config.cli import Command, Option
+from urd_lightning.config.files import dataset_categories, order_categories
 from urd_lightning.errors import ConfigError
 from urd_lightning.training.train import train
 
@@ -90,13 +93,15 @@ def benchmark_run_name(overrides: list[str]) -> str:
     return f"{name}-{hashlib.sha1(repr(rest).encode()).hexdigest()[:8]}" if rest else name
 
 
-def plan(dataset: str, overrides: list[str], categories: list[str] | None = None) -> list[Job]:
+def plan(dataset: str, overrides: list[str], categories: list[str] | None = None, here: bool = True) -> list[Job]:
     """Resolve the config of every category before training any (a typo fails in seconds, not hours).
 
     Args:
         dataset: Benchmark name (``configs/data/<dataset>.yaml``).
         overrides: ``key=value`` items passed to every category's training (no ``data.category``).
         categories: Subset to run; default all of the dataset's categories, in community order.
+        here: The categories train on this machine (False for ``--slurm``: the trainer's devices are then checked
+            on the compute node, by each category's own ``train``).
 
     Raises:
         ConfigError: For ``data.category`` in overrides, an unknown category or any invalid key or value.
@@ -107,13 +112,14 @@ def plan(dataset: str, overrides: list[str], categories: list[str] | None = None
     if not any(item.startswith("run=") for item in overrides):
         # The texture source is part of a run's identity (data.textures is not volatile, data.dtd_root is): runs on
         # procedural textures get their own folders and table, so a rerun once DTD is there never skips or mixes.
-        if urd_config.load_config([f"dataset={dataset}", *overrides]).data.textures == "procedural":
+        if urd_config.load_config([f"dataset={dataset}", *overrides], here=here).data.textures == "procedural":
             run = f"{run}-procedural"
     argv_common = [f"dataset={dataset}", *[o for o in overrides if not o.startswith("run=")], f"run={run}"]
     config_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("config_dir")  # the user's dataset files
-    known = dataset_categories(dataset, config_dir) if categories is None else order_categories(dataset, categories)
-    return [Job(c, [*argv_common, f"data.category={c}"], urd_config.load_config([*argv_common, f"data.category={c}"]))
-            for c in known]  # fmt: skip
+    known = (dataset_categories(dataset, config_dir) if categories is None
+             else order_categories(dataset, categories, config_dir))
+    return [Job(c, [*argv_common, f"data.category={c}"],
+                urd_config.load_config([*argv_common, f"data.category={c}"], here=here)) for c in known]
 
 
 def config_diff(job: Job) -> list[str]:
@@ -233,47 +239,43 @@ def run_benchmark(
     return [records[job.category] for job in jobs]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m urd_lightning benchmark",
-        description="Train every category of a benchmark, then write the results table beside the paper's means.",
-        epilog="Every other argument is a key=value config override given to each category's training "
-        "(e.g. experiment=paper trainer.devices=1). Runs live in <output_dir>/<dataset>/<category>/<run>/.",
-    )
-    parser.add_argument("--categories", help="comma-separated subset (default: all of the dataset file's)")
-    parser.add_argument("--jobs", type=int, default=0, help="train up to N categories at once, one per GPU "
-                        "(on a CPU-only machine all on the CPU); needs the [cluster] extra (submitit)")
-    parser.add_argument("--gpus", help="comma-separated device ids for --jobs (default: all visible); alone: "
-                        "--jobs = their number")
-    parser.add_argument("--in-process", action="store_true", help="call train(cfg) here, not a subprocess each")
-    parser.add_argument("--force", action="store_true", help="rerun categories that already have metrics.json")
-    parser.add_argument("--task-index", type=int, help="run only the N-th category (0-based; SLURM array tasks)")
-    parser.add_argument("--dry-run", action="store_true", help="resolve every config and print the commands only")
-    parser.add_argument("--report-only", action="store_true", help="train nothing; table of what has finished")
-    parser.add_argument("--no-plots", action="store_true", help="only the CSV and markdown table")
-    add_arguments(parser)
-    return parser
-
-
-ALIASES = {"jobs": "--jobs", "gpus": "--gpus"}  # the issue's spelling, `benchmark ... jobs=8 gpus=0,1`: no config keys
+BENCHMARK = Command(
+    "benchmark", "Train every category of a benchmark, then write the results table beside the paper's means. Every "
+    "config key is passed to each category's training; runs live in <output_dir>/<dataset>/<category>/<run>/.",
+    config=True, options=(
+        Option("categories", str, None, "comma-separated subset (default: all of the dataset file's)"),
+        Option("jobs", int, 0, "train up to N categories at once, one per GPU (on a CPU-only machine all on the CPU); "
+               "needs the [cluster] extra (submitit)"),
+        Option("gpus", str, None, "comma-separated device ids for jobs (default: all visible); alone: jobs = their "
+               "number"),
+        Option("in_process", bool, False, "call train(cfg) here, not a subprocess each"),
+        Option("force", bool, False, "rerun categories that already have metrics.json"),
+        Option("task_index", int, None, "run only the N-th category (0-based; SLURM array tasks)"),
+        Option("dry_run", bool, False, "resolve every config and print the commands only"),
+        Option("report_only", bool, False, "train nothing; table of what has finished"),
+        Option("plots", bool, True, "write the plots beside the CSV and markdown table", aliases=("--no-plots",)),
+        *SLURM_OPTIONS,
+    ), examples=(
+        "urd benchmark dataset=mvtec experiment=paper",
+        "urd benchmark dataset=mvtec experiment=paper --slurm --jobs 8 --slurm-partition gpu",
+        "urd benchmark dataset=btad experiment=paper categories=01,03 dry_run=true",
+    ))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns 0 when every category has finished, 1 otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    spelled = [part for item in argv for part in (
-        (ALIASES[item.split("=", 1)[0]], item.split("=", 1)[1]) if item.split("=", 1)[0] in ALIASES else (item,))]
-    args, overrides = _parser().parse_known_args(spelled)
-    unknown = [item for item in overrides if item.startswith("-") or "=" not in item]
-    if unknown:
-        raise ConfigError(f"unknown benchmark argument(s) {unknown}; see `python -m urd_lightning benchmark --help`")
+    parsed = read_command_line(BENCHMARK, argv)
+    if parsed is None:  # --help
+        return 0
+    args, overrides = SimpleNamespace(**parsed.values), parsed.overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pairs = dict(item.split("=", 1) for item in overrides)
     dataset = pairs.get("dataset") or urd_config.load_config([]).dataset
     overrides = [item for item in overrides if not item.startswith("dataset=")]
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     slurm = slurm_options(args)
-    jobs = plan(dataset, overrides, categories)
+    jobs = plan(dataset, overrides, categories, here=slurm is None and not args.report_only)
     if args.task_index is not None:
         if not 0 <= args.task_index < len(jobs):
             raise ConfigError(f"--task-index {args.task_index} is out of range: {dataset} has {len(jobs)} categories "
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.task_index is None:
         out = Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run)
-        paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], not args.no_plots)
+        paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], args.plots)
         sys.stdout.write(paths["markdown"].read_text())
         log.info("results: %s", ", ".join(str(p) for p in paths.values()))
     missing = [r for r in records if r.status != "done"]

@@ -17,7 +17,6 @@ neither it nor the loader workers it starts (they inherit an ignored signal, not
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from urd_lightning.benchmark.launchers import import_submitit, log_tail
+from urd_lightning.config.cli import Option
 from urd_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -77,23 +77,23 @@ class SlurmOptions:
         return {key: value for key, value in chosen.items() if value not in (None, [], {})}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--slurm*`` flags of the ``benchmark`` command."""
-    group = parser.add_argument_group("SLURM job array (--slurm; needs the [cluster] extra)")
-    group.add_argument("--slurm", action="store_true", help="submit every category still to run as one SLURM job "
-                       "array (submitit), one GPU per task, requeued and resumed when cut; --jobs N: N tasks at once")
-    group.add_argument("--slurm-partition", metavar="NAME", help="partition of the array's tasks")
-    group.add_argument("--slurm-time", metavar="TIME", default=DEFAULT_TIME, help="time limit per task, in SLURM's "
-                       f"format (minutes, H:MM:SS, D-HH:MM...; default {DEFAULT_TIME}); a cut task is requeued")
-    group.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per task (give data.num_workers=N-1 too)")
-    group.add_argument("--slurm-mem", metavar="MEM", help="memory per task in SLURM's syntax, e.g. 64G")
-    group.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch "
-                       "option, repeatable: account=abc, qos=high, constraint=a100 (KEY alone: a flag)")
-    group.add_argument("--slurm-setup", action="append", default=[], metavar="LINE", help="shell line run before "
-                       "each task, repeatable: 'module load cuda', 'source .venv/bin/activate'")
+# The ``--slurm*`` keys of the ``benchmark`` command (``--slurm-partition gpu`` is ``slurm_partition=gpu``).
+OPTIONS = (
+    Option("slurm", bool, False, "submit every category still to run as one SLURM job array (submitit), one GPU per "
+           "task, requeued and resumed when cut; jobs=N: N tasks at once (needs the [cluster] extra)"),
+    Option("slurm_partition", str, None, "partition of the array's tasks"),
+    Option("slurm_time", str, DEFAULT_TIME, "time limit per task, in SLURM's format (minutes, H:MM:SS, D-HH:MM...); "
+           "a cut task is requeued"),
+    Option("slurm_cpus", int, None, "CPUs per task (give data.num_workers=N-1 too)"),
+    Option("slurm_mem", str, None, "memory per task in SLURM's syntax, e.g. 64G"),
+    Option("slurm_param", list, None, "any other sbatch option, repeatable: account=abc, qos=high, constraint=a100 "
+           "(KEY alone: a flag)"),
+    Option("slurm_setup", list, None, "shell line run before each task, repeatable: 'module load cuda', "
+           "'source .venv/bin/activate'"),
+)
 
 
-def options(args: argparse.Namespace) -> SlurmOptions | None:
+def options(args: Any) -> SlurmOptions | None:
     """The ``--slurm*`` options, None without ``--slurm``; a one-line ConfigError for a bad or misplaced one."""
     given = [f"--slurm-{name}" for name in ("partition", "cpus", "mem", "param", "setup")
              if getattr(args, f"slurm_{name}") not in (None, [])]  # fmt: skip

@@ -25,18 +25,6 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NORMAL_DIRS = frozenset({"good", "ok"})  # MVTec/MPDD/VisA-converted say "good", BTAD says "ok"
 SPLITS = ("train", "test")
 
-CATEGORIES: dict[str, tuple[str, ...]] = {
-    "mvtec": ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-              "tile", "toothbrush", "transistor", "wood", "zipper"),
-    "visa": ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
-             "pcb4", "pipe_fryum"),
-    "btad": ("01", "02", "03"),
-    "mpdd": ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
-    "demo": ("weave", "disc"),
-    "folder": (),  # any name: it only labels the results folder
-}
-
-
 @dataclass(frozen=True)
 class Sample:
     """One image of a split: where it is, its mask (None for normal images) and its label."""
@@ -66,10 +54,10 @@ def _check_split(split: str) -> None:
 
 
 def category_dir(root: Path, category: str, benchmark: str) -> Path:
-    """``<root>/<category>``, or a DataError that names the expected tree."""
-    known = CATEGORIES.get(benchmark, ())
-    if known and category not in known:
-        raise DataError(f"unknown category {category!r} for {benchmark}; known: {', '.join(known)}")
+    """``<root>/<category>``, or a DataError that names the expected tree.
+
+    Which names are categories is the dataset file's to say (``load_config`` checks ``data.category`` against it).
+    """
     path = Path(root) / category
     if not path.is_dir():
         raise DataError(
@@ -133,8 +121,6 @@ def index_visa(root: str | Path, category: str, split: str) -> list[Sample]:
 
 
 def _index_visa_official(root: Path, category: str, split: str, split_csv: Path) -> list[Sample]:
-    if category not in CATEGORIES["visa"]:
-        raise DataError(f"unknown category {category!r} for visa; known: {', '.join(CATEGORIES['visa'])}")
     samples = []
     with split_csv.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):  # columns: object, split, label, image, mask

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from urd_lightning.data.benchmarks import CATEGORIES, SPLITS, Sample, index, list_images
+from urd_lightning.data.benchmarks import SPLITS, Sample, index, list_images
 from urd_lightning.data.transforms import Resizer, read_mask
 from urd_lightning.errors import DataError, URDError
 
@@ -173,15 +174,17 @@ def _one_class_test_split(category: str, samples: list[Sample], report: CheckRep
 
 
 def check_dataset(benchmark: str, root: str | Path, category: str | None = None, image_size: int | None = 256,
-                  resize: str = "pil", **options: object) -> CheckReport:
+                  resize: str = "pil", known: Sequence[str] = (), **options: object) -> CheckReport:
     """Check one category (or every category found) of a benchmark; never raises for data problems.
 
     Args:
         benchmark: a key of ``benchmarks.BENCHMARKS``.
         root: dataset root.
-        category: one category, or None for every known category present under ``root``.
+        category: one category, or None for every category of ``known`` present under ``root``.
         image_size: model size at which anomalous masks must stay non-empty (warnings); None skips that check.
         resize: the resize method (``data.resize``) used for that check.
+        known: the dataset's categories (its dataset file's table, ``config.files.dataset_categories``); empty: any
+            name is taken. The folder benchmark's one category only labels its results.
         **options: the folder benchmark's directory keys.
     """
     report = CheckReport(benchmark, str(root))
@@ -193,7 +196,7 @@ def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
                f"get it with 'python -m urd_lightning data download {benchmark} --root {root}' or set data.root")
         report.problems.append(Problem(category or "-", str(root), f"dataset root does not exist ({fix})"))
         return report
-    known = CATEGORIES.get(benchmark, ())
+    known = () if benchmark == "folder" else tuple(known)
     if category is not None:
         categories = [category]
     elif known:
@@ -202,8 +205,10 @@ def check_dataset(benchmark: str, root: str | Path, category: str | None = None,
         if not categories:
             report.problems.append(Problem("-", str(root), f"no {benchmark} category folder found "
                                                            f"(expected one of {', '.join(known)})"))
-    else:
+    elif benchmark == "folder":
         categories = ["custom"]
+    else:  # no list given: every folder under root is a category
+        categories = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     for cat in categories:
         if known and cat not in known:
             report.problems.append(Problem(cat, str(root / cat), f"unknown category for {benchmark} "

@@ -1,103 +1,137 @@
-"""``python -m urd_lightning data download|check|demo``: get, verify and generate datasets.
+"""``urd data download|check|demo``: get, verify and generate datasets.
 
-    python -m urd_lightning data download mvtec --root datasets/MVTecAD
-    python -m urd_lightning data download dtd              # the paper's anomaly textures, into datasets/dtd
-    python -m urd_lightning data check dtd --root datasets/dtd
-    python -m urd_lightning data check visa --root datasets/VisA --category pcb1 [--json]
-    python -m urd_lightning data check mvtec --root datasets/MVTecAD --category bottle --show-augment camera
-    python -m urd_lightning data demo --root datasets/demo
+    urd data download mvtec root=datasets/MVTecAD
+    urd data download dtd                                  # the paper's anomaly textures, into datasets/dtd
+    urd data check dtd root=datasets/dtd
+    urd data check visa root=datasets/VisA category=pcb1 json=true
+    urd data check mvtec root=datasets/MVTecAD category=bottle show_augment=camera
+    urd data demo root=datasets/demo
 
-``check`` runs the same checks training runs before it starts (``data/check.py``); it exits 1 when it finds a
-problem, so scripts can use it as a gate. User errors raise ``DataError`` (printed without a stack trace).
-``--show-augment PIPELINE`` (any ``data.augment`` value) also writes a panel of training samples as the network will
-see them: the image, augmented, its foreground mask, the synthetic anomaly and its mask (``data/preview.py``).
+The flags of earlier versions still work (``--root DIR``, ``--category c``, ``--json``, ``--no-progress``).
+``check`` runs the same checks training runs before it starts (``data/check.py``), on the categories and layout of
+the dataset file (``data/<name>.yaml``, a ``config_dir=`` folder's first); it exits 1 when it finds a problem, so
+scripts can use it as a gate. User errors raise ``DataError`` (printed without a stack trace).
+``show_augment=PIPELINE`` (any ``data.augment`` value) also writes a panel of training samples as the network
+will see them: the image, augmented, its foreground mask, the synthetic anomaly and its mask (``data/preview.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 
+from urd_lightning.config import load_config, read_command_line
+from urd_lightning.config.augment import resolve_augment
+from urd_lightning.config.cli import Command, Option, closest
+from urd_lightning.config.files import config_roots, dataset_categories
+from urd_lightning.config.textures import DEFAULT_DTD_ROOT
 from urd_lightning.data.benchmarks import BENCHMARKS
-from urd_lightning.errors import DataError
-from urd_lightning.textures import DEFAULT_DTD_ROOT
+from urd_lightning.errors import ConfigError, DataError
+
+FOLDER_KEYS = ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir", "normal_split_ratio")
+COMMANDS = {
+    "download": Command("data download", "Download, verify (sha256) and extract a benchmark or DTD.", options=(
+        Option("benchmark", str, None, "what to download", positional=True, required=True,
+               choices=(*sorted(BENCHMARKS), "dtd")),
+        Option("root", str, None, f"dataset folder (the archive is kept there); dtd: {DEFAULT_DTD_ROOT}"),
+        Option("progress", bool, True, "show a progress bar", aliases=("--no-progress",)),
+    )),
+    "check": Command("data check", "Count the images and report every problem with the data (exit 1 if any).", options=(
+        Option("dataset", str, None, "a dataset file's name (data/<name>.yaml: its layout and categories), or dtd",
+               positional=True, required=True),
+        Option("root", str, None, "dataset folder; null = the dataset file's data.root"),
+        Option("category", str, None, "one category; null = every category of the dataset file found under root"),
+        Option("json", bool, False, "machine-readable output"),
+        Option("image_size", int, 256, "model size: warn when a defect mask vanishes"),
+        Option("resize", str, "pil", "resize method (data.resize)", choices=("pil", "cv2")),
+        *(Option(key, float if key == "normal_split_ratio" else str, None,
+                 "folder benchmark only; null = the dataset file's") for key in FOLDER_KEYS),
+        Option("config_dir", str, None, "your folder of data/<name>.yaml files (as for train; or URD_CONFIG_DIR)"),
+        Option("show_augment", str, None, "also write a panel of augmented training samples; a data.augment value: "
+               "flips, a file A.save wrote, or a name in configs/augment/"),
+        Option("panel", str, "augment_samples.png", "where show_augment writes its panel"),
+    )),
+    "demo": Command("data demo", "Generate the embedded demo dataset (no download).", options=(
+        Option("root", str, "datasets/demo", "where to write it"),
+        Option("force", bool, False, "regenerate even if it is up to date"),
+    )),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m urd_lightning data", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    download = commands.add_parser("download", help="download, verify (sha256) and extract a benchmark or DTD")
-    download.add_argument("benchmark", choices=[*sorted(BENCHMARKS), "dtd"])
-    download.add_argument("--root", help=f"dataset folder (the archive is kept there); dtd: {DEFAULT_DTD_ROOT}")
-    download.add_argument("--no-progress", action="store_true", help="no progress bar")
-    check = commands.add_parser("check", help="count images and report every problem with the data")
-    check.add_argument("benchmark", choices=[*sorted(BENCHMARKS), "dtd"])
-    check.add_argument("--root", required=True, help="dataset folder")
-    check.add_argument("--category", default=None, help="one category (default: every category found)")
-    check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.add_argument("--image-size", type=int, default=256, help="model size: warn when a defect mask vanishes")
-    check.add_argument("--resize", choices=("pil", "cv2"), default="pil", help="resize method (data.resize)")
-    for key in ("normal-dir", "abnormal-dir", "mask-dir", "normal-test-dir"):
-        check.add_argument(f"--{key}", default="good" if key == "normal-dir" else None, help="folder benchmark only")
-    check.add_argument("--normal-split-ratio", type=float, default=0.2, help="folder benchmark only")
-    check.add_argument("--show-augment", metavar="PIPELINE", default=None,
-                       help="write a panel of augmented training samples; PIPELINE: flips, a file A.save wrote, or "
-                            "a name in configs/augment/ (data.augment)")
-    check.add_argument("--panel", default="augment_samples.png", help="where --show-augment writes its panel")
-    demo = commands.add_parser("demo", help="generate the embedded demo dataset (no download)")
-    demo.add_argument("--root", default="datasets/demo", help="where to write it (default: datasets/demo)")
-    demo.add_argument("--force", action="store_true", help="regenerate even if it is up to date")
-    return parser
+def _usage() -> str:
+    lines = ["usage: urd data <action> [key=value ...]", "", "actions:"]
+    lines += [f"  {name:<10} {command.summary}" for name, command in COMMANDS.items()]
+    return "\n".join([*lines, "", "Run 'urd data <action> --help' for its keys."]) + "\n"
 
 
-def _show_augment(args: argparse.Namespace, options: dict) -> str:
+def _show_augment(benchmark: str, root: str, values: dict, options: dict, config_dir: str | None) -> str:
     from urd_lightning.data.datamodule import AnomalyDataModule
     from urd_lightning.data.preview import augment_panel
 
-    data = AnomalyDataModule(args.benchmark, root=args.root, category=args.category, image_size=args.image_size,
-                             num_workers=0, augment=args.show_augment, check=False, resize=args.resize,
+    augment = resolve_augment(values["show_augment"], config_roots(config_dir))
+    data = AnomalyDataModule(benchmark, root=root, category=values["category"], image_size=values["image_size"],
+                             num_workers=0, augment=augment, check=False, resize=values["resize"],
                              pixel_cache_dir=None, **options)
     data.setup("fit")
     assert data.train_data is not None
-    return str(augment_panel(data.train_data, args.panel))
+    return str(augment_panel(data.train_data, values["panel"]))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a data command; returns the exit code (check: 1 when problems were found)."""
-    args = _parser().parse_args(argv)
+    argv = list(argv or [])
+    if not argv or argv[0] in {"-h", "--help"}:
+        sys.stdout.write(_usage())
+        return 0
+    action = argv[0]
+    if action not in COMMANDS:
+        raise ConfigError(f"unknown data action {action!r}.{closest(action, COMMANDS)} Use one of: "
+                          f"{', '.join(COMMANDS)}")
+    args = read_command_line(COMMANDS[action], argv[1:])
+    if args is None:  # --help
+        return 0
+    values = args.values
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "download":
+    if action == "download":
         from urd_lightning.data.download import download_benchmark
 
-        if args.root is None and args.benchmark != "dtd":
-            raise DataError(f"data download {args.benchmark} needs --root DIR (where the dataset goes)")
-        root = download_benchmark(args.benchmark, args.root or DEFAULT_DTD_ROOT, progress=not args.no_progress)
-        print(f"{args.benchmark} is ready in {root}; check it with: python -m urd_lightning data check "
-              f"{args.benchmark} --root {root}")
+        name = values["benchmark"]
+        if values["root"] is None and name != "dtd":
+            raise DataError(f"data download {name} needs root=DIR (where the dataset goes)")
+        root = download_benchmark(name, values["root"] or DEFAULT_DTD_ROOT, progress=values["progress"])
+        print(f"{name} is ready in {root}; check it with: urd data check {name} root={root}")
         return 0
-    if args.command == "check":
-        if args.benchmark == "dtd":
-            from urd_lightning.data.dtd import check_dtd, format_dtd
-
-            report = check_dtd(args.root)
-            print(report.to_json() if args.json else format_dtd(report))
-            return 0 if report.ok else 1
-        from urd_lightning.data.check import check_dataset
-
-        options = {}
-        if args.benchmark == "folder":
-            options = {"normal_dir": args.normal_dir, "abnormal_dir": args.abnormal_dir, "mask_dir": args.mask_dir,
-                       "normal_test_dir": args.normal_test_dir, "normal_split_ratio": args.normal_split_ratio}
-        if args.show_augment is not None and args.category is None:
-            raise DataError("--show-augment needs --category (the category whose training images are shown)")
-        report = check_dataset(args.benchmark, args.root, args.category, image_size=args.image_size,
-                               resize=args.resize, **options)
-        print(report.to_json() if args.json else report.format())
-        if report.ok and args.show_augment is not None:
-            print(f"augmented training samples: {_show_augment(args, options)}")
-        return 0 if report.ok else 1
+    if action == "check":
+        return _check(values)
     from urd_lightning.data.demo import ensure_demo, generate_demo
 
-    root = generate_demo(args.root) if args.force else ensure_demo(args.root)
+    root = generate_demo(values["root"]) if values["force"] else ensure_demo(values["root"])
     print(f"demo dataset ready in {root} (categories: weave, disc)")
     return 0
+
+
+def _check(values: dict) -> int:
+    """``data check``: the dataset file says the layout, the categories and (unless given) root and folder keys."""
+    if values["dataset"] == "dtd":
+        from urd_lightning.data.dtd import check_dtd, format_dtd
+
+        report = check_dtd(values["root"] or DEFAULT_DTD_ROOT)
+        print(report.to_json() if values["json"] else format_dtd(report))
+        return 0 if report.ok else 1
+    from urd_lightning.data.check import check_dataset
+
+    config_dir = values["config_dir"]
+    data = load_config([f"dataset={values['dataset']}", *([f"config_dir={config_dir}"] if config_dir else [])]).data
+    options = {}
+    if data.benchmark == "folder":
+        options = {key: data[key] if values[key] is None else values[key] for key in FOLDER_KEYS}
+    if values["show_augment"] is not None and values["category"] is None:
+        raise DataError("show_augment needs category= (the category whose training images are shown)")
+    report = check_dataset(data.benchmark, values["root"] or data.root, values["category"],
+                           image_size=values["image_size"], resize=values["resize"],
+                           known=dataset_categories(values["dataset"], config_dir), **options)
+    print(report.to_json() if values["json"] else report.format())
+    if report.ok and values["show_augment"] is not None:
+        panel = _show_augment(data.benchmark, values["root"] or data.root, values, options, config_dir)
+        print(f"augmented training samples: {panel}")
+    return 0 if report.ok else 1

@@ -1,7 +1,8 @@
 """``AnomalyDataModule``: every benchmark through one LightningDataModule (``docs/design.md``, data).
 
 Benchmark-specific code lives only in the index functions of ``benchmarks.py``; per-category settings (foreground
-method, iteration budget) live in ``configs/data/<benchmark>.yaml``. The validation loader is the TEST set, used for
+method, iteration budget) live in ``configs/data/<benchmark>.yaml`` and arrive here resolved by ``load_config``: the
+data layer never reads a config file. The validation loader is the TEST set, used for
 periodic evaluation as the authors do (urd-method.md section 5); there is no separate validation split.
 
 Loaders are built here and only here, including under DDP (the trainer runs with ``use_distributed_sampler=False``):
@@ -18,7 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from urd_lightning.config_files import read_dataset_file
+from urd_lightning.config.textures import DEFAULT_DTD_ROOT
 from urd_lightning.data.benchmarks import BENCHMARKS, index
 from urd_lightning.data.check import check_dataset, log_warnings, raise_on_problems
 from urd_lightning.data.dataset import AnomalyDataset, ShardSampler, TrainSampler
@@ -28,27 +29,19 @@ from urd_lightning.data.synthesis import make_texture_source
 from urd_lightning.data.transforms import check_resize
 from urd_lightning.data.workers import init_worker, worker_context
 from urd_lightning.errors import ConfigError
-from urd_lightning.textures import resolve_textures
 
 log = logging.getLogger(__name__)
 
 
-def benchmark_config(benchmark: str) -> dict[str, Any]:
-    """``data/<benchmark>.yaml`` (the user's ``URD_CONFIG_DIR`` first, then the shipped configs) as a plain dict."""
-    loaded = read_dataset_file(benchmark)
-    if loaded is None:
-        raise ConfigError(f"no data/{benchmark}.yaml config: pass data.root, data.category and data.foreground")
-    return loaded
+TEXTURE_SOURCES = ("dtd", "procedural", "none")  # resolved; ``auto`` is resolved by load_config (config/textures.py)
 
 
-def resolve_foreground(benchmark: str, category: str, foreground: str) -> str:
-    """``"auto"`` → the category's method from the benchmark's YAML (``none`` when the category is not listed)."""
-    if foreground != "auto":
-        if foreground not in METHODS:
-            raise ConfigError(f"data.foreground={foreground!r}: use auto, {', '.join(METHODS)}")
-        return foreground
-    categories = benchmark_config(benchmark).get("categories") or {}
-    return str((categories.get(category) or {}).get("foreground", "none"))
+def _resolved(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``; else a ConfigError: the data layer takes resolved values only."""
+    if value not in allowed:
+        raise ConfigError(f"data.{key}={value!r}: the data module takes {', '.join(allowed)} (load_config resolves "
+                          f"'auto' per dataset and category, from the dataset file)")
+    return value
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -62,24 +55,24 @@ class AnomalyDataModule(L.LightningDataModule):
 
     Args:
         benchmark: ``mvtec``, ``visa``, ``btad``, ``mpdd``, ``folder`` or ``demo``.
-        root: dataset root; None takes ``data.root`` from the benchmark's YAML.
-        category: category name; None takes ``data.category`` from the YAML.
+        root: dataset root.
+        category: category name.
         image_size: square model input size (the authors: 256).
         train_batch_size: training batch size per process (the authors: 16).
         eval_batch_size: evaluation batch size per process.
         num_workers: loader processes.
         synthesis: make synthetic anomalies for training (False for RD4AD: ``aug_image`` is the image).
-        textures: anomaly source: ``dtd`` (the paper's), ``procedural`` (built-in, differs from the paper) or
-            ``auto`` (DTD from ``dtd_root`` or ``datasets/dtd`` when found, else procedural).
-        dtd_root: DTD folder for anomaly textures (None: ``datasets/dtd``).
-        foreground: ``auto`` (per category, from the YAML), ``none``, ``otsu`` or ``grabcut``.
+        textures: anomaly source, resolved (``config/textures.py``): ``dtd`` (the paper's), ``procedural`` (built-in,
+            differs from the paper) or ``none``; ``synthesis=False`` means none whatever this says.
+        dtd_root: DTD folder for anomaly textures (None: ``datasets/dtd``); used only with ``textures="dtd"``.
+        foreground: ``none``, ``otsu`` or ``grabcut`` (``load_config`` resolves ``auto`` from the dataset file).
         seed: seed of the shuffle and of the synthesis.
         cache_dir: where foreground masks are cached.
         pixel_cache_dir: where decoded, resized training images and textures are cached (memory-mapped, shared by
             the loader workers and ranks, ``data/cache.py``); None decodes them at every use.
         augment: ``false`` (the authors augment no normal image), ``flips`` (random horizontal and vertical flips;
             ``true`` says the same) or an albumentations pipeline: a file ``A.save`` wrote, a name in
-            ``configs/augment/``, or the serialised pipeline itself (``augment.py``). Training images only.
+            ``configs/augment/``, or the serialised pipeline itself (``config/augment.py``). Training images only.
         resize: ``pil`` (the authors' Pillow bilinear, default) or ``cv2`` (faster OpenCV), for images, masks and
             textures; foreground masks keep the authors' own OpenCV resize whatever this says.
         check: check the data (as ``data check``) in ``setup`` and stop with every problem found.
@@ -87,10 +80,10 @@ class AnomalyDataModule(L.LightningDataModule):
             relative to ``root`` (see ``benchmarks.index_folder``).
     """
 
-    def __init__(self, benchmark: str = "demo", root: str | None = None, category: str | None = None,
+    def __init__(self, benchmark: str, root: str, category: str,
                  image_size: int = 256, train_batch_size: int = 16, eval_batch_size: int = 16, num_workers: int = 4,
-                 synthesis: bool = True, textures: str = "auto", dtd_root: str | None = None,
-                 foreground: str = "auto", seed: int = 111,
+                 synthesis: bool = True, textures: str = "procedural", dtd_root: str | None = None,
+                 foreground: str = "none", seed: int = 111,
                  cache_dir: str = ".cache/urd/foreground", augment: Any = False, check: bool = True,
                  resize: str = "pil", pixel_cache_dir: str | None = None,
                  normal_dir: str = "good", abnormal_dir: str | None = None, mask_dir: str | None = None,
@@ -98,15 +91,13 @@ class AnomalyDataModule(L.LightningDataModule):
         super().__init__()
         if benchmark not in BENCHMARKS:
             raise ConfigError(f"data.benchmark={benchmark!r}: use one of {', '.join(BENCHMARKS)}")
-        defaults = benchmark_config(benchmark).get("data", {}) if root is None or category is None else {}
-        self.benchmark = benchmark
-        self.root = str(root if root is not None else defaults.get("root"))
-        self.category = str(category if category is not None else defaults.get("category"))
+        self.benchmark, self.root, self.category = benchmark, str(root), str(category)
         self.image_size, self.seed = image_size, seed
         self.train_batch_size, self.eval_batch_size, self.num_workers = train_batch_size, eval_batch_size, num_workers
         self.synthesis, self.augment, self.check = synthesis, augment, check
-        self.textures, self.dtd_root = resolve_textures(textures, dtd_root, synthesis)  # dtd | procedural | none
-        self.foreground = resolve_foreground(benchmark, self.category, foreground)
+        self.textures = _resolved("textures", textures, TEXTURE_SOURCES) if synthesis else "none"
+        self.dtd_root = str(dtd_root or DEFAULT_DTD_ROOT) if self.textures == "dtd" else None
+        self.foreground = _resolved("foreground", foreground, METHODS)
         self.resize = check_resize(resize)
         self.cache_dir, self.pixel_cache_dir = cache_dir, pixel_cache_dir
         self.folder_options: dict[str, Any] = {}

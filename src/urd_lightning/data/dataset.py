@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from urd_lightning.augment import FLIPS, Pipeline, resolve_augment
+from urd_lightning.config.augment import FLIPS, Pipeline, resolve_augment
 from urd_lightning.data.benchmarks import Sample
 from urd_lightning.data.cache import PixelCache, content_digest
 from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures, synthesize
@@ -34,8 +34,8 @@ class AnomalyDataset(Dataset):
         foregrounds: per-sample foreground masks at ``image_size`` (None entries: whole image).
         seed: base seed of the synthesis.
         augment: ``False`` (the authors augment no normal image), ``"flips"`` (``True``: random horizontal and
-            vertical flips) or an albumentations pipeline (``augment.py``), applied to the training image at model
-            size, and to its foreground mask, before synthesis; test images are never augmented.
+            vertical flips) or an albumentations pipeline (``config/augment.py``), applied to the training image at
+            model size, and to its foreground mask, before synthesis; test images are never augmented.
         resize: ``pil`` (the authors' Pillow bilinear) or ``cv2`` (see ``transforms``), for images and masks.
         pixel_cache_dir: where training images are cached once decoded and resized (``data/cache.py``), shared by
             the loader workers; None decodes every image at every epoch. Evaluation images are not cached.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from urd_lightning.config.textures import dtd_images_dir
 from urd_lightning.data.benchmarks import IMAGE_EXTENSIONS
 from urd_lightning.data.check import CheckReport, Problem, _image_size
-from urd_lightning.textures import dtd_images_dir
 
 DTD_CLASSES = 47  # the Describable Textures Dataset has 47 texture classes of 120 images each (5640)
 

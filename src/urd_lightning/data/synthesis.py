@@ -24,11 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from urd_lightning.config.textures import dtd_images_dir
 from urd_lightning.data.benchmarks import IMAGE_EXTENSIONS
 from urd_lightning.data.cache import PixelCache, content_digest
 from urd_lightning.data.transforms import check_resize, read_rgb, resize_image
 from urd_lightning.errors import DataError
-from urd_lightning.textures import dtd_images_dir
 
 log = logging.getLogger(__name__)
 

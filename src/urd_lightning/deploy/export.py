@@ -1,8 +1,8 @@
-"""``python -m urd_lightning export``: one deployable graph, normalised image → (smoothed map, score) (issue 6).
+"""``urd export``: one deployable graph, normalised image → (smoothed map, score) (issue 6).
 
-    python -m urd_lightning export ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt format=onnx
-    python -m urd_lightning export ckpt=last.ckpt format=torchscript output=bottle.pt
-    python -m urd_lightning export ckpt=last.ckpt format=weights       # last.safetensors, for predict and test
+    urd export ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt format=onnx
+    urd export ckpt=last.ckpt format=torchscript output=bottle.pt
+    urd export ckpt=last.ckpt format=weights       # last.safetensors, for predict and test
 
 The graph holds the teacher and the student only (the expert supervises training and is not needed to score,
 method reference §1.1) and ends with the σ=4 Gaussian smoothing, which is a separable convolution with a fixed
@@ -32,9 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from urd_lightning.config import read_command_line
+from urd_lightning.config.cli import Command, Option
 from urd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model, save_weights
-from urd_lightning.deploy.predict import NORMALIZATION_FORMULA, parse_key_values
+from urd_lightning.deploy.predict import NORMALIZATION_FORMULA
 from urd_lightning.errors import ConfigError, URDError
 from urd_lightning.files import ensure_writable, write_atomic, write_via
 
@@ -46,13 +48,17 @@ DEFAULT_OPSET = 17  # lowest opset the lead allows; reflect padding and every op
 INPUT_NAME, OUTPUT_NAMES = "image", ("anomaly_map", "pred_score")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".safetensors"}
 
-EXPORT_KEYS: dict[str, tuple[type, Any]] = {
-    "ckpt": (str, None),
-    "format": (str, "onnx"),
-    "output": (str, None),
-    "opset": (int, DEFAULT_OPSET),
-    "trust_checkpoint": (bool, False),
-}
+EXPORT = Command("export", "Export a trained model: one graph, normalised image -> (smoothed map, score), checked "
+                 "against PyTorch; or format=weights, the inference weights as .safetensors for predict and test.",
+                 options=(
+    Option("ckpt", str, None, "checkpoint written by training", required=True),
+    Option("format", str, "onnx", "what to write", choices=tuple(SUFFIXES)),
+    Option("output", str, None, "the file to write; null = beside the checkpoint, named by the format"),
+    Option("opset", int, DEFAULT_OPSET, "ONNX opset"),
+    Option("trust_checkpoint", bool, False, "allow unsafe (weights_only=False) loading of a file you trust"),
+), examples=("urd export ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt format=onnx",
+             "urd export ckpt=last.ckpt format=torchscript output=bottle.pt",
+             "urd export ckpt=last.ckpt format=weights"))
 
 
 class ExportParityError(URDError):
@@ -266,19 +272,15 @@ def export(
 
 def main(argv: Sequence[str]) -> int:
     """CLI entry point: ``export ckpt=PATH format=onnx|torchscript|weights [output=FILE] [opset=17]``."""
-    if any(arg in {"-h", "--help", "help"} for arg in argv):
-        print(f"usage: python -m urd_lightning export ckpt=PATH format=onnx|torchscript|weights [output=FILE]\n\n"
-              f"{__doc__}")
+    args = read_command_line(EXPORT, argv)
+    if args is None:  # --help
         return 0
-    args = parse_key_values(argv, EXPORT_KEYS, "export")
-    if args["ckpt"] is None:
-        raise ConfigError("export: missing ckpt=PATH (the .ckpt written by training)")
-    metadata = export(**args)
-    if args["format"] == "weights":
+    metadata = export(**args.values)
+    if args.values["format"] == "weights":
         print(f"wrote {metadata['path']} (weights only): {metadata['bytes'] / 2**20:.1f} MB, "
               f"{metadata['bytes'] / metadata['checkpoint_bytes']:.0%} of the checkpoint's "
               f"{metadata['checkpoint_bytes'] / 2**20:.1f} MB")
         return 0
     worst = max(max(r["anomaly_map"], r["pred_score"]) for r in metadata["parity"])
-    print(f"exported {metadata['path']} ({args['format']}); max abs difference to PyTorch {worst:.2e}")
+    print(f"exported {metadata['path']} ({args.values['format']}); max abs difference to PyTorch {worst:.2e}")
     return 0

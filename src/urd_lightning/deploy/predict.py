@@ -1,7 +1,7 @@
-"""``python -m urd_lightning predict``: score new images with a trained checkpoint (issue 6).
+"""``urd predict``: score new images with a trained checkpoint (issue 6).
 
-    python -m urd_lightning predict ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt input=photos/ output=out/
-    python -m urd_lightning predict ckpt=last.ckpt input=part.tif output=out/ threshold=0.62 score=normalized
+    urd predict ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt input=photos/ output=out/
+    urd predict ckpt=last.ckpt input=part.tif output=out/ threshold=0.62 score=normalized
 
 For every image: a raw score (maximum of the σ=4-smoothed anomaly map, method reference §6), its normalised form,
 a decision at the image threshold, the map (``maps/*.npy``, model resolution), a heatmap overlay and a binary mask
@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from urd_lightning.config import read_command_line
+from urd_lightning.config.cli import Command, Option
 from urd_lightning.data.transforms import read_rgb
 from urd_lightning.deploy.inference import URDInferencer, resize_map
 from urd_lightning.deploy.outputs import heatmap_overlay, output_names, write_csv, write_json, write_map, write_png
@@ -35,57 +37,23 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 NORMALIZATION_FORMULA = "clamp((raw - threshold) / (max - min) + 0.5, 0, 1)"
 
-# key -> (type, default); None default with no entry in _REQUIRED means "optional".
-PREDICT_KEYS: dict[str, tuple[type, Any]] = {
-    "ckpt": (str, None),
-    "input": (str, None),
-    "output": (str, "predictions"),
-    "threshold": (float, None),
-    "pixel_threshold": (float, None),
-    "score": (str, "raw"),
-    "batch_size": (int, 8),
-    "device": (str, "auto"),
-    "recursive": (bool, True),
-    "save_maps": (bool, True),
-    "progress": (bool, True),
-    "trust_checkpoint": (bool, False),
-}
-_REQUIRED = ("ckpt", "input")
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
-
-def parse_key_values(argv: Sequence[str], spec: dict[str, tuple[type, Any]], command: str) -> dict[str, Any]:
-    """Parse ``key=value`` arguments against a typed spec (shared by ``predict`` and ``export``).
-
-    Args:
-        argv: the command's arguments.
-        spec: ``key -> (type, default)``.
-        command: the command's name, for messages.
-
-    Returns:
-        Every key of ``spec`` with its parsed value or default.
-
-    Raises:
-        ConfigError: an argument without ``=``, an unknown key, or a value of the wrong type.
-    """
-    values = {key: default for key, (_, default) in spec.items()}
-    for arg in argv:
-        key, sep, raw = arg.partition("=")
-        if not sep:
-            raise ConfigError(f"{command}: argument {arg!r} is not key=value; keys are {', '.join(spec)}")
-        if key not in spec:
-            raise ConfigError(f"{command}: unknown key {key!r}; valid keys are {', '.join(spec)}")
-        kind = spec[key][0]
-        try:
-            if kind is bool:
-                if raw.lower() not in _TRUE | _FALSE:
-                    raise ValueError(raw)
-                values[key] = raw.lower() in _TRUE
-            else:
-                values[key] = kind(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{command}: {key}={raw!r} is not a valid {kind.__name__}") from exc
-    return values
+PREDICT = Command("predict", "Score images with a trained checkpoint: scores, decisions, maps, overlays and masks, "
+                  "results.csv and results.json under output/.", options=(
+    Option("ckpt", str, None, "checkpoint written by training, or export's .safetensors", required=True),
+    Option("input", str, None, "an image file or a folder of images", required=True),
+    Option("output", str, "predictions", "folder for the outputs (created)"),
+    Option("threshold", float, None, "raw image threshold overriding the checkpoint's"),
+    Option("pixel_threshold", float, None, "raw pixel threshold overriding the checkpoint's"),
+    Option("score", str, "raw", "which score fills pred_score (both are always written)",
+           choices=("raw", "normalized")),
+    Option("batch_size", int, 8, "images per forward pass"),
+    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
+    Option("recursive", bool, True, "look into sub-folders of input"),
+    Option("save_maps", bool, True, "also write the raw maps as .npy"),
+    Option("progress", bool, True, "show a progress bar"),
+    Option("trust_checkpoint", bool, False, "allow unsafe (weights_only=False) loading of a file you trust"),
+), examples=("urd predict ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt input=photos/ output=out/",
+             "urd predict ckpt=last.ckpt input=part.tif threshold=0.62 score=normalized"))
 
 
 def _hidden(relative: Path) -> bool:
@@ -260,18 +228,13 @@ def predict(
 
 def main(argv: Sequence[str]) -> int:
     """CLI entry point: ``predict ckpt=PATH input=FILE|DIR [output=DIR] [key=value ...]``; returns the exit code."""
-    if any(arg in {"-h", "--help", "help"} for arg in argv):
-        keys = " ".join(f"[{k}=...]" for k in PREDICT_KEYS if k not in _REQUIRED)
-        print(f"usage: python -m urd_lightning predict ckpt=PATH input=FILE|DIR {keys}\n\n{__doc__}")
+    args = read_command_line(PREDICT, argv)
+    if args is None:  # --help
         return 0
-    args = parse_key_values(argv, PREDICT_KEYS, "predict")
-    missing = [key for key in _REQUIRED if args[key] is None]
-    if missing:
-        raise ConfigError(f"predict: missing {', '.join(k + '=...' for k in missing)}; e.g. ckpt=last.ckpt input=dir/")
-    summary = predict(**args)
+    summary = predict(**args.values)
     counts = summary["counts"]
     print(
         f"{counts['images']} images: {counts['anomalous']} anomalous, {counts['normal']} normal, "
-        f"{counts['unreadable']} unreadable (listed in results.json) -> {Path(args['output']) / 'results.csv'}"
+        f"{counts['unreadable']} unreadable (listed in results.json) -> {Path(args.values['output']) / 'results.csv'}"
     )
     return 0 if counts["unreadable"] < counts["images"] else 1

@@ -17,7 +17,8 @@ from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
 from urd_lightning.checkpoint_io import EXTRAS_KEY, REWRITE, load_inference_file, validate_extras
-from urd_lightning.config import load_config
+from urd_lightning.config import load_config, read_command_line
+from urd_lightning.config.cli import Command
 from urd_lightning.errors import CheckpointError, ConfigError
 from urd_lightning.files import ensure_writable, write_atomic
 from urd_lightning.training.builders import build_datamodule, build_module, trainer_kwargs
@@ -39,14 +40,25 @@ def _read_checkpoint(path: Path, given: set[str]) -> dict[str, Any]:
     return checkpoint
 
 
+TEST = Command(
+    "test", "Evaluate a checkpoint (or export's .safetensors) on the test set of the dataset and category it records; "
+    "config keys override (e.g. data.root). Writes test_metrics.json beside the run's checkpoints/.", config=True,
+    examples=("urd test ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt",
+              "urd test ckpt=last.safetensors data.root=/data/MVTecAD"))
+
+
 def evaluate_checkpoint(argv: list[str]) -> int:
     """Evaluate ``ckpt=`` on the test set of its dataset/category; prints and writes the metrics."""
+    args = read_command_line(TEST, argv)
+    if args is None:  # --help
+        return 0
+    argv = args.overrides
     setup_console_logging()
     ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt=")), None)
     if not ckpt:
         raise ConfigError("the test command needs ckpt=PATH (e.g. results/mvtec/bottle/<run>/checkpoints/last.ckpt)")
     path = Path(ckpt)
-    given = {a.split("=", 1)[0] for a in argv}
+    given = args.given
     checkpoint = _read_checkpoint(path, given)
     ensure_writable(path.parent.parent if path.parent.name == "checkpoints" else path.parent, "ckpt folder")
     extras = checkpoint[EXTRAS_KEY]
@@ -85,5 +97,5 @@ def evaluate_checkpoint(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m urd_lightning test ckpt=PATH [key=value ...]``: evaluate a checkpoint on its test set."""
+    """``urd test ckpt=PATH [key=value ...]``: evaluate a checkpoint on its test set."""
     return evaluate_checkpoint(list(argv or []))

@@ -1,15 +1,9 @@
-"""Training and evaluation entry point: ``train(cfg) -> metrics`` and the ``train`` / ``test`` commands.
+"""Training and evaluation entry point: ``train(cfg) -> metrics`` and the ``train`` command.
 
-Every way of training runs this one path (the lightning-hydra-template's thin entry point):
-
-    python -m urd_lightning train                                       # embedded demo dataset, CPU minutes
-    python -m urd_lightning train dataset=mvtec data.category=cable      # the authors' 10000 iterations
-    make train DATASET=visa CATEGORY=pcb1 ARGS="trainer.devices=4"     # >1 process: DDP (builders.py)
-    wandb agent <sweep>            # the sweep's command ends with ${args_no_hyphens} (key=value pairs)
-    srun python -m urd_lightning train resume=auto ...                   # experiments/slurm/train.sbatch
-    python -m urd_lightning test ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt
-
-One (dataset, category) per run; results go to ``<output_dir>/<dataset>/<category>/<run>/`` (docs/design.md).
+Every way of training runs this one path (the lightning-hydra-template's thin entry point): ``urd train key=value``,
+``make train``, a W&B sweep (its command ends with ``${args_no_hyphens}``, key=value pairs), ``srun ... resume=auto``
+(``experiments/slurm/train.sbatch``). One (dataset, category) per run; results go to
+``<output_dir>/<dataset>/<category>/<run>/`` (docs/design.md). The command's examples are in :data:`TRAIN`.
 """
 
 from __future__ import annotations
@@ -28,7 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from urd_lightning.checkpoint_io import load_checkpoint_file
-from urd_lightning.config import load_config, to_yaml
+from urd_lightning.config import load_config, read_command_line, to_yaml
+from urd_lightning.config.cli import Command
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import ensure_writable, write_atomic
 from urd_lightning.training.builders import (
@@ -159,15 +154,24 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     return result
 
 
+TRAIN = Command(
+    "train", "Train and evaluate one (dataset, category); results go to <output_dir>/<dataset>/<category>/<run>/.",
+    config=True, examples=(
+        "urd train dataset=demo                                  # the embedded demo dataset, CPU minutes",
+        "urd train dataset=mvtec data.category=cable             # the authors' 10000 iterations",
+        "urd train dataset=visa data.category=pcb1 trainer.devices=4   # >1 process: DDP",
+        "urd train dataset=mvtec data.category=bottle resume=last      # continue the run of this config",
+    ))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m urd_lightning train [key=value ...]``; returns the exit code."""
+    """``urd train [key=value ...]``; returns the exit code."""
     argv = list(argv or [])
-    if any(a in {"-h", "--help"} for a in argv):
-        print(__doc__.strip() + "\n\nResolved config for these arguments (every key can be overridden):\n")
-        print(to_yaml(load_config([a for a in argv if a not in {"-h", "--help"}])))
+    args = read_command_line(TRAIN, argv)
+    if args is None:  # --help
         return 0
     try:
-        train(load_config(argv))
+        train(load_config(args.overrides))
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(exc.line(argv), None) from None  # the continue command, spelled out
     return 0

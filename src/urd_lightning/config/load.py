@@ -3,7 +3,7 @@
 Layers, later wins: ``configs/default.yaml`` ← ``configs/data/<dataset>.yaml`` (its ``data:`` block, optional
 ``model:``/``trainer:`` blocks, and the ``categories:`` table of the authors' per-category budgets, urd-method.md §5)
 ← optional ``configs/experiment/<name>.yaml`` ← ``key=value`` dotlist (the form W&B's ``${args_no_hyphens}`` gives).
-The files are the package's (``config_files.py``), with a user's ``config_dir=PATH`` (or ``URD_CONFIG_DIR``) folder
+The files are the package's (``files.py``), with a user's ``config_dir=PATH`` (or ``URD_CONFIG_DIR``) folder
 of ``data/`` and ``experiment/`` files layered on top. Loading is pure — the same argv gives the same config on every
 DDP rank, so no timestamps or prompts here.
 """
@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import os
 import sys
+from collections.abc import Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,15 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from urd_lightning.augment import resolve_augment
-from urd_lightning.config_files import CONFIG_DIR, config_names, config_roots, find_config, load_yaml
-from urd_lightning.config_schema import Config
+from urd_lightning.config.augment import resolve_augment
+from urd_lightning.config.cli import HELP_FLAGS, Arguments, Command, HelpRequested, help_text, parse_command_line
+from urd_lightning.config.files import CONFIG_DIR, config_names, config_roots, find_config, key_descriptions, load_yaml
+from urd_lightning.config.ranges import check_ranges
+from urd_lightning.config.schema import Config, key_types
+from urd_lightning.config.textures import resolve_textures
 from urd_lightning.errors import ConfigError
-from urd_lightning.ranges import check_ranges
-from urd_lightning.textures import resolve_textures
 
-__all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "run_name", "to_yaml"]
+__all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "read_command_line", "run_name", "to_yaml"]
 
 
 RAW_STRING_KEYS = ("dataset", "experiment", "run", "data.category", "config_dir")
@@ -38,6 +40,7 @@ CHOICES = {
     "model.injection": ("concat", "gii", "none"),
     "data.resize": ("pil", "cv2"),
     "data.textures": ("auto", "dtd", "procedural", "none"),
+    "data.foreground": ("auto", "none", "otsu", "grabcut"),
 }
 
 
@@ -60,6 +63,10 @@ def _check_keys(values: dict[str, Any], schema: DictConfig, source: str, prefix:
             close = difflib.get_close_matches(full, list(valid), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key '{full}' in {source}.{hint} `print-config` lists the valid keys.")
+        if isinstance(valid[full], DictConfig) and not isinstance(value, dict):
+            inside = [k for k in valid if k.startswith(full + ".")]
+            raise ConfigError(f"'{full}={value}' in {source}: {full} is a section of keys, not a value; set one of "
+                              f"them, e.g. {inside[0]}=... (`print-config` lists them)")
         if isinstance(value, dict) and isinstance(valid[full], DictConfig):
             _check_keys(value, schema, source, full + ".")
 
@@ -103,6 +110,20 @@ def _merge(cfg: DictConfig, values: dict[str, Any], source: str) -> DictConfig:
         raise ConfigError(f"invalid value for '{key}' in {source}: {msg}") from exc
 
 
+def _check_interpolations(cfg: DictConfig) -> None:
+    """Resolve every ``${...}`` once, so a broken one is one line naming its key, before anything reads it."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or "?"
+        raw: Any = OmegaConf.to_container(cfg, resolve=False)  # the value as given, ${...} and all
+        for part in str(key).split("."):
+            raw = raw.get(part, "?") if isinstance(raw, dict) else "?"
+        msg = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"cannot resolve '{key}={raw}': {msg}; give {key} a plain value, or an interpolation "
+                          "of an existing key (${data.category}) or a set variable (${oc.env:NAME,default})") from None
+
+
 def _has(values: dict[str, Any], dotted: str) -> bool:
     node: Any = values
     for part in dotted.split("."):
@@ -137,13 +158,15 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_config(argv: list[str] | None = None, config_dir: Path | str | None = None) -> DictConfig:
+def load_config(argv: list[str] | None = None, config_dir: Path | str | None = None, here: bool = True) -> DictConfig:
     """Build the validated config from the layered YAML files and ``key=value`` overrides.
 
     Args:
         argv: dotlist overrides such as ``["dataset=visa", "data.category=pcb1", "trainer.max_steps=10"]``.
         config_dir: a folder of ``data/`` and ``experiment/`` files (and optionally ``default.yaml``) layered on
             top of the shipped configs; default: the ``config_dir=`` override, else ``URD_CONFIG_DIR``.
+        here: check ``trainer.accelerator`` and ``trainer.devices`` against this machine's GPUs; False for a config
+            resolved here to run elsewhere (``benchmark --slurm`` on a login node).
 
     Returns:
         A struct-mode DictConfig of :class:`Config`, with ``run`` filled in.
@@ -174,6 +197,7 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
         cfg = _merge(cfg, {**user, "experiment": experiment}, str(exp_path))
     overrides.pop("config_dir", None)  # already applied (as an absolute path, so every rank reads the same folder)
     cfg = _merge(cfg, overrides, "the command line")
+    _check_interpolations(cfg)
     user = OmegaConf.to_container(OmegaConf.merge(user, overrides))  # type: ignore[assignment]
     if categories:
         category = str(cfg.data.category)
@@ -191,6 +215,9 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"'{key}={value}' is not valid; choose one of: {', '.join(allowed)}")
+    if cfg.data.foreground == "auto":  # the category's method from the dataset file; none for a category it lacks
+        chosen = categories.get(str(cfg.data.category)) or {}
+        cfg.data.foreground = str(chosen.get("foreground", "none"))
     if cfg.model.train_teacher and cfg.model.expert and not cfg.data.synthesis:
         raise ConfigError("model.train_teacher=true needs data.synthesis=true (the teacher learns from synthetic "
                           "anomalies); set model.train_teacher=false for a frozen teacher")
@@ -199,10 +226,10 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
         cfg.model.train_teacher = False
     if cfg.data.seed is None:  # the data follow the run's seed, as the authors' one setup_seed(111) does
         cfg.data.seed = int(cfg.seed)
-    check_ranges(cfg)  # numeric keys within their ranges, before anything is built or written (ranges.py)
+    check_ranges(cfg, here)  # values within their ranges, before anything is built or written (ranges.py)
     # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity (issue 13).
     cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)
-    # The pipeline itself, not a file name, is recorded and hashed into the run's identity (augment.py).
+    # The pipeline itself, not a file name, is recorded and hashed into the run's identity (config/augment.py).
     cfg.data.augment = resolve_augment(OmegaConf.to_container(cfg.data, resolve=True)["augment"], roots)
     cfg.run = run_name(cfg)
     OmegaConf.set_struct(cfg, True)
@@ -214,10 +241,34 @@ def to_yaml(cfg: DictConfig | ListConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+PRINT_CONFIG = Command("print-config", "Show the resolved config (YAML) for these arguments: every key, after the "
+                       "dataset, experiment and command-line layers.", config=True,
+                       examples=("urd print-config dataset=visa data.category=pcb1",))
+
+
+def read_command_line(command: Command, argv: Sequence[str]) -> Arguments | None:
+    """Parse ``argv`` for ``command`` (:func:`~urd_lightning.config.cli.parse_command_line`); None after ``--help``.
+
+    ``--help`` prints the command's keys with type, default and description; for a command that takes config keys
+    the defaults shown are the values these arguments resolve to (``train --help dataset=visa`` shows VisA's).
+    """
+    types = key_types()
+    try:
+        return parse_command_line(command, argv, types)
+    except HelpRequested:
+        rest = parse_command_line(command, [a for a in argv if a not in HELP_FLAGS], types, required=False)
+    rows: list[tuple[str, str, Any, str]] = []
+    if command.config:
+        resolved = load_config(rest.overrides)
+        descriptions = key_descriptions()
+        rows = [(key, kind, OmegaConf.select(resolved, key), descriptions.get(key, "")) for key, kind in types.items()]
+    sys.stdout.write(help_text(command, rows))
+    return None
+
+
 def print_config_main(argv: list[str]) -> int:
-    """``python -m urd_lightning print-config [key=value ...]``: show the resolved config."""
-    if any(a in {"-h", "--help"} for a in argv):
-        print(__doc__.strip() + "\n\nusage: python -m urd_lightning print-config [key=value ...]\n")
-        argv = [a for a in argv if a not in {"-h", "--help"}]
-    sys.stdout.write(to_yaml(load_config(argv)))
+    """``urd print-config [key=value ...]``: show the resolved config."""
+    args = read_command_line(PRINT_CONFIG, argv)
+    if args is not None:
+        sys.stdout.write(to_yaml(load_config(args.overrides)))
     return 0

@@ -1,12 +1,12 @@
 """The typed schema of the configuration: every key, its type and its default (``configs/default.yaml`` mirrors it).
 
-``config.py`` loads and merges the YAML layers and the command line onto this schema; unknown keys and wrong types
+``load.py`` loads and merges the YAML layers and the command line onto this schema; unknown keys and wrong types
 stop there with the key's name. Ranges of numeric keys are checked by ``ranges.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 
@@ -41,7 +41,7 @@ class DataConfig:
     seed: int | None = None
     cache_dir: str = ".cache/urd/foreground"
     pixel_cache_dir: str | None = ".cache/urd/pixels"
-    augment: Any = False  # false | flips | an albumentations pipeline (augment.py); stored resolved, as a mapping
+    augment: Any = False  # false | flips | an albumentations pipeline (config/augment.py), stored resolved
     check: bool = True
     resize: str = "pil"
     normal_dir: str = "good"
@@ -122,3 +122,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def key_types(schema: type = Config, prefix: str = "") -> dict[str, str]:
+    """Every leaf key of the schema (dotted) with its type as written here (``int``, ``str | None``; ``Any``: any)."""
+    out: dict[str, str] = {}
+    for item in fields(schema):
+        section = item.default_factory if item.default_factory is not MISSING else None
+        if section is not None and is_dataclass(section):
+            out.update(key_types(section, f"{prefix}{item.name}."))  # type: ignore[arg-type]
+        else:
+            out[f"{prefix}{item.name}"] = "any" if str(item.type) == "Any" else str(item.type)
+    return out

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from urd_lightning.config_files import config_names, config_roots, find_config, load_yaml
+from urd_lightning.config.files import config_names, config_roots, find_config, load_yaml
 from urd_lightning.errors import ConfigError
 
 FLIPS = "flips"
