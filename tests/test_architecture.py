@@ -29,6 +29,7 @@ FORBIDDEN = {
     "checkpoint_io": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "textures": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "hardware": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
+    "run": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
     "errors": ("config", "models", "data", "metrics", "training", "deploy", "benchmark"),
 }
 # Imports inside functions are allowed only for start-up time, each named here with its reason.

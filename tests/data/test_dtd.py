@@ -172,7 +172,7 @@ def test_texture_source_is_part_of_a_runs_identity_but_its_path_is_not(tmp_path,
 
 @pytest.mark.slow  # a full (tiny) training; the default suite checks the field in test_train's smoke test
 def test_training_records_the_texture_source(mvtec_root, tmp_path, capsys):
-    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.run.folder import RunFolder
     from urd_lightning.training.train import train
 
     dtd = write_dtd(tmp_path / "dtd" / "images").parent
@@ -182,7 +182,7 @@ def test_training_records_the_texture_source(mvtec_root, tmp_path, capsys):
                        f"output_dir={tmp_path}", "eval.num_samples=0", f"data.cache_dir={tmp_path / 'cache'}",
                        f"data.dtd_root={dtd}", "data.foreground=none"])
     train(cfg)
-    run = run_dir_of(cfg)
+    run = RunFolder.of(cfg).path
     assert json.loads((run / "metrics.json").read_text())["texture_source"] == "dtd"
     assert OmegaConf.load(run / "config.yaml").data.textures == "dtd"
     assert "textures dtd" in capsys.readouterr().out

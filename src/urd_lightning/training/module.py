@@ -19,11 +19,11 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from typing_extensions import override
 
-from urd_lightning import __version__
 from urd_lightning.errors import URDError
 from urd_lightning.metrics import AnomalyMetrics
 from urd_lightning.models import URD
 from urd_lightning.models import losses as urd_losses
+from urd_lightning.run.extras import EXTRAS_KEY, CheckpointExtras
 from urd_lightning.training.evaluation import best_periodic, decimate, score_stats
 from urd_lightning.training.trainer_checks import check_trainer
 
@@ -159,7 +159,7 @@ class URDModule(LightningModule):
     def _checkpoint_kept(self) -> str:
         """What a stopped run leaves to resume from: the last checkpoint, or the fact that there is none yet."""
         callback = self._trainer.checkpoint_callback if self._trainer is not None else None
-        last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+        last = Path(callback.last_model_path) if callback is not None and callback.last_model_path else None
         if last is not None and last.is_file():
             return f"The last good checkpoint ({last}) is kept."
         return "No checkpoint was written before this iteration, so there is nothing to resume from."
@@ -302,18 +302,16 @@ class URDModule(LightningModule):
         return best_periodic(self.periodic, str(self.hparams.dataset))
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
+    def extras(self) -> CheckpointExtras:
+        """What inference needs besides the weights (``run/extras.py``), as this module knows it now."""
+        return CheckpointExtras(
+            model=dict(self.hparams.model), image_size=int(self.hparams.image_size), dataset=str(self.hparams.dataset),
+            category=str(self.hparams.category), resize=str(self.hparams.resize),  # predict resizes as training did
+            thresholds=self.thresholds, score_stats=self.score_stats,
+        )
+
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Everything inference needs, as plain Python types so torch.load(weights_only=True) reads it (design.md).
-        checkpoint["urd_lightning"] = {
-            "version": __version__, "model": dict(self.hparams.model), "image_size": int(self.hparams.image_size),
-            "dataset": str(self.hparams.dataset), "category": str(self.hparams.category),
-            "resize": str(self.hparams.resize),  # predict must resize as training did
-            "thresholds": self.thresholds, "score_stats": self.score_stats,
-        }
-        checkpoint["urd_periodic"] = list(self.periodic)  # periodic test-set evaluations survive a resume
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.periodic = list(checkpoint.get("urd_periodic", []))
-
+        # Plain Python types, so torch.load(weights_only=True) reads them (design.md, "checkpoints"). The periodic
+        # evaluations are not here: the run folder's train_state.json is their one store (run/folder.py).
+        checkpoint[EXTRAS_KEY] = self.extras().to_dict()
