@@ -103,9 +103,14 @@ def test_crash_resume_and_rerun_give_each_iteration_once(mvtec_root, tmp_path):
     assert [int(r["step"]) for r in rows if r.get("train/loss_student")] == [0, 1, 2, 3]  # batches, 0-based
     resumed = csv_path.read_bytes()
     payload = json.loads((RunFolder.of(cfg).path / "metrics.json").read_text())
-    train(load_config(tiny(mvtec_root, tmp_path, *common[:-1], "trainer.max_steps=1")))  # the same run, fresh
-    assert [float(r["iteration"]) for r in rows_of(csv_path) if r.get("train/loss_student")] == [1]
+    train(load_config(tiny(mvtec_root, tmp_path, *common)))  # the same run (same config), fresh
+    assert [float(r["iteration"]) for r in rows_of(csv_path) if r.get("train/loss_student")] == [1, 2, 3, 4]
     assert (csv_path.parent / "metrics.1.csv").read_bytes() == resumed
+    # Another config under the same name starts fresh only with overwrite=true, which moves the old run aside whole.
+    train(load_config(tiny(mvtec_root, tmp_path, *common[:-1], "trainer.max_steps=1", "overwrite=true")))
+    assert [float(r["iteration"]) for r in rows_of(csv_path) if r.get("train/loss_student")] == [1]
+    aside = RunFolder.of(cfg).path.parent / "_replaced" / "r.1"
+    assert (aside / "logs" / "metrics.1.csv").read_bytes() == resumed
     assert payload["steps"] == 4
     # The evaluation of iteration 2 ran after last.ckpt was saved at 2; the resume brings its row back (results.py).
     assert [row["step"] for row in payload["periodic"]] == [1, 2, 3, 4]

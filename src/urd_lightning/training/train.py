@@ -116,11 +116,14 @@ def _claim(cfg: DictConfig, folder: RunFolder, resuming: bool) -> RunLock:
     """Take the run folder for this training: refuse another config's run (or move it aside), then lock it."""
     replaced = folder.check_reuse(cfg, resuming)  # reads only: a refusal changes nothing
     holder = f"urd train run={cfg.run}"
+    had_lock = (folder.path / RunFolder.LOCK).is_file()
     lock = folder.lock(holder)  # a second training into this folder stops here, naming this one
     if replaced:  # overwrite=true: the old run keeps every file, under _replaced/; the lock moves with it
-        folder.move_aside()
+        aside = folder.move_aside()
         moved, lock = lock, folder.lock(holder)
         moved.release()
+        if not had_lock:  # the old run as it was: without the lock file this attempt added to it
+            (aside / RunFolder.LOCK).unlink(missing_ok=True)
     return lock
 
 
