@@ -7,8 +7,8 @@ which of three things is wrong: the file is not a checkpoint at all (random or f
 
 A weights-only file (``export format=weights``, issue 14) is a safetensors file: the inference weights (teacher
 and student, no expert, no optimizer or loop state) under their Lightning ``state_dict`` names, and the
-extras (``run/extras.py``) as JSON in its string metadata under ``EXTRAS_KEY``. :func:`load_inference_file` reads either kind into the same
-``{"state_dict", EXTRAS_KEY}`` dict, so ``test`` and ``predict`` need no second code path.
+extras (``run/extras.py``) as JSON in its string metadata under ``EXTRAS_KEY``. :func:`load_inference_file` reads
+either kind into the same ``{"state_dict", EXTRAS_KEY}`` dict, so ``test`` and ``predict`` need no second code path.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from urd_lightning.benchmark.records import RunRecord
 from urd_lightning.benchmark.report import markdown_table, texture_source
-from urd_lightning.benchmark.runner import VOLATILE_KEYS, Job, config_diff, plan
+from urd_lightning.benchmark.runner import Job, config_diff, plan
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.data import download as dl
 from urd_lightning.data.cli import main as data_main
@@ -23,6 +23,7 @@ from urd_lightning.data.datamodule import AnomalyDataModule
 from urd_lightning.data.dtd import check_dtd
 from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures
 from urd_lightning.errors import ConfigError, DataError
+from urd_lightning.run.identity import EXECUTION_KEYS
 from urd_lightning.textures import resolve_textures
 from urd_lightning.training.results import summary_table
 
@@ -162,7 +163,7 @@ def test_texture_source_is_part_of_a_runs_identity_but_its_path_is_not(tmp_path,
     same_name = Job("bottle", [], OmegaConf.merge(with_dtd.cfg, {"run": str(procedural.cfg.run)}))
     assert config_diff(same_name) == ["data.textures"]
     # ... while moving the same DTD elsewhere changes nothing.
-    assert "data.dtd_root" in VOLATILE_KEYS and "data.textures" not in VOLATILE_KEYS
+    assert "data.dtd_root" in EXECUTION_KEYS and "data.textures" not in EXECUTION_KEYS
     dtd_run = Job("bottle", [], OmegaConf.merge(with_dtd.cfg, {"run": "d"}))
     dtd_run.run_dir.mkdir(parents=True)
     (dtd_run.run_dir / "config.yaml").write_text(to_yaml(dtd_run.cfg))

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from tests.test_faults import SMALL, run_cli, snapshot
 
 from helpers.training import tiny
-from tests.test_faults import SMALL, run_cli, snapshot
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.run.folder import RunFolder
 

@@ -34,7 +34,8 @@ def test_the_line_names_this_attempts_checkpoint_or_says_there_is_none(tmp_path)
     assert kept == f"the last checkpoint is {last} (iteration 3)" and resume == "resume=last"
     kept, resume = continue_from(RunFolder(tmp_path), None, time.time() + 60, 2, 5)  # an earlier attempt's last.ckpt
     assert resume is None and "no checkpoint was written yet (the first comes at iteration 5)" in kept
-    kept, resume = continue_from(RunFolder(tmp_path), str(last), time.time() + 60, 2, 5)  # resumed from it, nothing newer
+    # resumed from it, nothing newer
+    kept, resume = continue_from(RunFolder(tmp_path), str(last), time.time() + 60, 2, 5)
     assert resume == "resume=last"
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
     torch.save({"global_step": 4}, hpc)

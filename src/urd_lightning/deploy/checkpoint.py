@@ -2,7 +2,8 @@
 
 A checkpoint is the Lightning file ``URDModule`` writes (``docs/design.md``, "checkpoints"): the network's weights
 under the ``model.`` prefix of ``state_dict`` and, under ``checkpoint[EXTRAS_KEY]``, plain-Python extras
-(URD kwargs, image size, thresholds, score statistics: ``run/extras.py``). Loading never needs Lightning or the ``URDModule`` class:
+(URD kwargs, image size, thresholds, score statistics: ``run/extras.py``). Loading never needs Lightning or the
+``URDModule`` class:
 
 1. ``torch.load(weights_only=True)`` — no arbitrary code runs while unpickling. Only a user who trusts a file
    can opt out (``trust_checkpoint=True``), and the error says so.

@@ -129,34 +129,42 @@ class RunFolder:
     # ---- the layout ---------------------------------------------------------------------------------------------
     @property
     def config(self) -> Path:
+        """``config.yaml``: the resolved config and the runtime block."""
         return self.path / self.CONFIG
 
     @property
     def metrics(self) -> Path:
+        """``metrics.json``: the results."""
         return self.path / self.METRICS
 
     @property
     def test_metrics(self) -> Path:
+        """``test_metrics.json``: what the ``test`` command measured."""
         return self.path / self.TEST_METRICS
 
     @property
     def train_state(self) -> Path:
+        """``train_state.json``: the one store of steps, training time and periodic rows."""
         return self.path / self.TRAIN_STATE
 
     @property
     def checkpoints(self) -> Path:
+        """``checkpoints/``."""
         return self.path / self.CHECKPOINTS
 
     @property
     def last_checkpoint(self) -> Path:
+        """``checkpoints/last.ckpt``."""
         return self.checkpoints / self.LAST
 
     @property
     def images(self) -> Path:
+        """``images/``: the picture panels."""
         return self.path / self.IMAGES
 
     @property
     def logs(self) -> Path:
+        """``logs/``: the CSV history."""
         return self.path / self.LOGS
 
     @property
