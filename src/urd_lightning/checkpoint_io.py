@@ -7,8 +7,8 @@ which of three things is wrong: the file is not a checkpoint at all (random or f
 
 A weights-only file (``export format=weights``, issue 14) is a safetensors file: the inference weights (teacher
 and student, no expert, no optimizer or loop state) under their Lightning ``state_dict`` names, and the
-``urd_lightning`` extras as JSON in its string metadata. :func:`load_inference_file` reads either kind into the same
-``{"state_dict", "urd_lightning"}`` dict, so ``test`` and ``predict`` need no second code path.
+extras (``run/extras.py``) as JSON in its string metadata under ``EXTRAS_KEY``. :func:`load_inference_file` reads
+either kind into the same ``{"state_dict", EXTRAS_KEY}`` dict, so ``test`` and ``predict`` need no second code path.
 """
 
 from __future__ import annotations
@@ -26,12 +26,9 @@ from safetensors.torch import save_file
 
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import write_via
+from urd_lightning.run.extras import EXTRAS_KEY
 
 WEIGHTS_SUFFIX = ".safetensors"
-EXTRAS_KEY = "urd_lightning"  # the checkpoint entry (and safetensors metadata key) holding the extras
-REQUIRED_EXTRAS = {"model": dict, "image_size": int}  # what every reader needs to rebuild the network
-EXTRA_TYPES = {**REQUIRED_EXTRAS, "dataset": str, "category": str}  # checked where present or asked for
-REWRITE = "write it again with urd-lightning's training (or export format=weights from a complete .ckpt)"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -113,42 +110,6 @@ def load_checkpoint_file(path: str | Path, trust_checkpoint: bool = False, trust
                               f"{_first_line(exc)}") from exc
 
 
-def validate_extras(path: str | Path, checkpoint: Any, also: tuple[str, ...] = (), fix: str = REWRITE
-                    ) -> dict[str, Any]:
-    """The ``urd_lightning`` extras of a loaded checkpoint, checked the same way for ``test``, ``predict``, ``export``.
-
-    Args:
-        path: the file it was read from (named in every message).
-        checkpoint: what :func:`load_inference_file` returned.
-        also: keys this reader needs besides ``model`` and ``image_size`` (``test`` needs dataset and category
-            unless the command line gives them).
-        fix: how to repair a file whose extras lack a key or hold a wrong type (the end of the message).
-
-    Raises:
-        CheckpointError: one line naming the file and the fix: not a Lightning checkpoint, not one of this package's,
-            an extra missing or of the wrong type.
-    """
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'). Give the "
-                              ".ckpt that training wrote, e.g. results/<dataset>/<category>/<run>/checkpoints/"
-                              "last.ckpt")
-    extras = checkpoint.get(EXTRAS_KEY)
-    if not isinstance(extras, dict):
-        raise CheckpointError(f"{path} is a Lightning checkpoint but not one of urd-lightning's: it has no "
-                              f"'{EXTRAS_KEY}' entry (written by URDModule.on_save_checkpoint). Retrain with this "
-                              "package, or, for the authors' checkpoint, use "
-                              "urd_lightning.models.load_authors_checkpoint")
-    missing = [key for key in (*REQUIRED_EXTRAS, *also) if key not in extras]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] lacks {', '.join(missing)}; the file is "
-                              f"incomplete: {fix}")
-    wrong = [f"{key} ({type(extras[key]).__name__}, expected {kind.__name__})" for key, kind in EXTRA_TYPES.items()
-             if key in extras and (not isinstance(extras[key], kind) or isinstance(extras[key], bool))]
-    if wrong:
-        raise CheckpointError(f"{path}: checkpoint['{EXTRAS_KEY}'] has a malformed {', '.join(wrong)}: {fix}")
-    return extras
-
-
 def is_weights_file(path: str | Path) -> bool:
     """Whether ``path`` is meant as a safetensors weights file.
 
@@ -164,7 +125,7 @@ def is_weights_file(path: str | Path) -> bool:
 
 
 def save_weights_file(path: str | Path, state_dict: dict[str, torch.Tensor], extras: dict[str, Any]) -> Path:
-    """Write ``state_dict`` and the ``urd_lightning`` extras (as JSON metadata) to a safetensors file, atomically."""
+    """Write ``state_dict`` and the checkpoint extras (as JSON metadata) to a safetensors file, atomically."""
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, value in state_dict.items():
@@ -179,7 +140,7 @@ def save_weights_file(path: str | Path, state_dict: dict[str, torch.Tensor], ext
 
 
 def load_weights_file(path: str | Path) -> dict[str, Any]:
-    """Read a weights file as ``{"state_dict": tensors, "urd_lightning": extras}``; one CheckpointError line if not."""
+    """Read a weights file as ``{"state_dict": tensors, EXTRAS_KEY: extras}``; one CheckpointError line if not."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -200,7 +161,7 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
 def load_inference_file(path: str | Path, trust_checkpoint: bool = False, trust_hint: str | None = None) -> Any:
     """A ``.ckpt`` (:func:`load_checkpoint_file`) or a weights-only ``.safetensors`` (:func:`load_weights_file`).
 
-    Both give a dict with ``state_dict`` and ``urd_lightning``; only the ``.ckpt`` also has optimizer/loop state.
+    Both give a dict with ``state_dict`` and ``EXTRAS_KEY``; only the ``.ckpt`` also has optimizer/loop state.
     """
     path = Path(path)
     if path.is_file() and is_weights_file(path):

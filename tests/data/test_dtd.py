@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from urd_lightning.benchmark.records import RunRecord
 from urd_lightning.benchmark.report import markdown_table, texture_source
-from urd_lightning.benchmark.runner import VOLATILE_KEYS, Job, config_diff, plan
+from urd_lightning.benchmark.runner import Job, config_diff, plan
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.config.textures import resolve_textures
 from urd_lightning.data import download as dl
@@ -24,6 +24,7 @@ from urd_lightning.data.datamodule import AnomalyDataModule
 from urd_lightning.data.dtd import check_dtd
 from urd_lightning.data.synthesis import DTDTextures, ProceduralTextures
 from urd_lightning.errors import ConfigError, DataError
+from urd_lightning.run.identity import EXECUTION_KEYS
 from urd_lightning.training.results import summary_table
 
 
@@ -167,7 +168,7 @@ def test_texture_source_is_part_of_a_runs_identity_but_its_path_is_not(tmp_path,
     same_name = Job("bottle", [], OmegaConf.merge(with_dtd.cfg, {"run": str(procedural.cfg.run)}))
     assert config_diff(same_name) == ["data.textures"]
     # ... while moving the same DTD elsewhere changes nothing.
-    assert "data.dtd_root" in VOLATILE_KEYS and "data.textures" not in VOLATILE_KEYS
+    assert "data.dtd_root" in EXECUTION_KEYS and "data.textures" not in EXECUTION_KEYS
     dtd_run = Job("bottle", [], OmegaConf.merge(with_dtd.cfg, {"run": "d"}))
     dtd_run.run_dir.mkdir(parents=True)
     (dtd_run.run_dir / "config.yaml").write_text(to_yaml(dtd_run.cfg))
@@ -177,7 +178,7 @@ def test_texture_source_is_part_of_a_runs_identity_but_its_path_is_not(tmp_path,
 
 @pytest.mark.slow  # a full (tiny) training; the default suite checks the field in test_train's smoke test
 def test_training_records_the_texture_source(mvtec_root, tmp_path, capsys):
-    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.run.folder import RunFolder
     from urd_lightning.training.train import train
 
     dtd = write_dtd(tmp_path / "dtd" / "images").parent
@@ -187,7 +188,7 @@ def test_training_records_the_texture_source(mvtec_root, tmp_path, capsys):
                        f"output_dir={tmp_path}", "eval.num_samples=0", f"data.cache_dir={tmp_path / 'cache'}",
                        f"data.dtd_root={dtd}", "data.foreground=none"])
     train(cfg)
-    run = run_dir_of(cfg)
+    run = RunFolder.of(cfg).path
     assert json.loads((run / "metrics.json").read_text())["texture_source"] == "dtd"
     assert OmegaConf.load(run / "config.yaml").data.textures == "dtd"
     assert "textures dtd" in capsys.readouterr().out

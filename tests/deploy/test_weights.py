@@ -113,7 +113,7 @@ def test_renamed_weights_file_is_recognised_by_its_bytes(tiny: dict, tmp_path: P
 
 @pytest.mark.slow  # trains one iteration, then evaluates twice
 def test_test_command_gives_identical_metrics_from_weights(mvtec_root: Path, tmp_path: Path) -> None:
-    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.run.folder import RunFolder
 
     cfg, ckpt = train_tiny(mvtec_root, tmp_path, "eval.num_samples=0")
     assert "optimizer_states" in load_checkpoint_file(ckpt)  # a real training checkpoint
@@ -123,7 +123,7 @@ def test_test_command_gives_identical_metrics_from_weights(mvtec_root: Path, tmp
     for path in (ckpt, weights):
         assert cli_main(["test", f"ckpt={path}", f"data.root={mvtec_root}", "data.num_workers=0",
                          "trainer.accelerator=cpu", f"data.cache_dir={tmp_path / 'cache'}"]) == 0
-        out = run_dir_of(cfg) / "test_metrics.json" if path == ckpt else path.with_suffix(".metrics.json")
+        out = RunFolder.of(cfg).path / "test_metrics.json" if path == ckpt else path.with_suffix(".metrics.json")
         results[path] = json.loads(out.read_text())["final"]
     assert results[ckpt] == results[weights] and results[ckpt]
     rows = [predict(p, Path(mvtec_root) / "bottle" / "test", tmp_path / p.stem, device="cpu", progress=False)

@@ -16,9 +16,9 @@ def tiny(root, out, *extra):
 def train_tiny(root, out, *extra):
     """Train :func:`tiny`'s run; returns its config and its ``last.ckpt``."""
     from urd_lightning.config import load_config  # deferred: the deploy tests import this module without Lightning
-    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.run.folder import RunFolder
     from urd_lightning.training.train import train
 
     cfg = load_config(tiny(root, out, *extra))
     train(cfg)
-    return cfg, Path(run_dir_of(cfg)) / "checkpoints" / "last.ckpt"
+    return cfg, Path(RunFolder.of(cfg).path) / "checkpoints" / "last.ckpt"

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 from test_train import tiny
 
 from urd_lightning.config import load_config
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.history import HistoryCSVLogger
 from urd_lightning.training.train import train
 
@@ -91,7 +91,7 @@ def test_crash_resume_and_rerun_give_each_iteration_once(mvtec_root, tmp_path):
     common = ["logger=csv", "trainer.log_every_n_steps=1", "eval.every_n_steps=1", "checkpoint_every_n_steps=2",
               "run=r", "trainer.max_steps=4"]
     cfg = load_config(tiny(mvtec_root, tmp_path, *common))
-    csv_path = run_dir_of(cfg) / "logs" / "metrics.csv"
+    csv_path = RunFolder.of(cfg).path / "logs" / "metrics.csv"
     with pytest.raises(RuntimeError, match="node lost"):
         train(cfg, callbacks=[CrashAfter(3)])  # last.ckpt holds iteration 2; the CSV got to iteration 3
     assert max(float(r["iteration"]) for r in rows_of(csv_path)) == 3
@@ -102,12 +102,17 @@ def test_crash_resume_and_rerun_give_each_iteration_once(mvtec_root, tmp_path):
     assert losses == [1, 2, 3, 4] and periodic == [1, 2, 3, 4]  # each iteration once, in order
     assert [int(r["step"]) for r in rows if r.get("train/loss_student")] == [0, 1, 2, 3]  # batches, 0-based
     resumed = csv_path.read_bytes()
-    payload = json.loads((run_dir_of(cfg) / "metrics.json").read_text())
-    train(load_config(tiny(mvtec_root, tmp_path, *common[:-1], "trainer.max_steps=1")))  # the same run, fresh
-    assert [float(r["iteration"]) for r in rows_of(csv_path) if r.get("train/loss_student")] == [1]
+    payload = json.loads((RunFolder.of(cfg).path / "metrics.json").read_text())
+    train(load_config(tiny(mvtec_root, tmp_path, *common)))  # the same run (same config), fresh
+    assert [float(r["iteration"]) for r in rows_of(csv_path) if r.get("train/loss_student")] == [1, 2, 3, 4]
     assert (csv_path.parent / "metrics.1.csv").read_bytes() == resumed
+    # Another config under the same name starts fresh only with overwrite=true, which moves the old run aside whole.
+    train(load_config(tiny(mvtec_root, tmp_path, *common[:-1], "trainer.max_steps=1", "overwrite=true")))
+    assert [float(r["iteration"]) for r in rows_of(csv_path) if r.get("train/loss_student")] == [1]
+    aside = RunFolder.of(cfg).path.parent / "_replaced" / "r.1"
+    assert (aside / "logs" / "metrics.1.csv").read_bytes() == resumed
     assert payload["steps"] == 4
     # The evaluation of iteration 2 ran after last.ckpt was saved at 2; the resume brings its row back (results.py).
     assert [row["step"] for row in payload["periodic"]] == [1, 2, 3, 4]
-    fresh = json.loads((run_dir_of(cfg) / "metrics.json").read_text())
+    fresh = json.loads((RunFolder.of(cfg).path / "metrics.json").read_text())
     assert [row["step"] for row in fresh.get("periodic", [])] == [1]  # the fresh attempt: none of the old rows

@@ -18,7 +18,7 @@ import torch
 from test_train import tiny
 
 from urd_lightning.config import load_config
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.interrupt import TrainingInterrupted, continue_from
 from urd_lightning.training.train import train
 
@@ -30,15 +30,16 @@ def test_the_line_names_this_attempts_checkpoint_or_says_there_is_none(tmp_path)
     last.parent.mkdir()
     torch.save({"global_step": 6}, last)
     started = time.time() - 60  # the attempt started before last.ckpt was written: it is this attempt's
-    kept, resume = continue_from(tmp_path, None, started, 2, 5)
+    kept, resume = continue_from(RunFolder(tmp_path), None, started, 2, 5)
     assert kept == f"the last checkpoint is {last} (iteration 3)" and resume == "resume=last"
-    kept, resume = continue_from(tmp_path, None, time.time() + 60, 2, 5)  # an earlier attempt's last.ckpt
+    kept, resume = continue_from(RunFolder(tmp_path), None, time.time() + 60, 2, 5)  # an earlier attempt's last.ckpt
     assert resume is None and "no checkpoint was written yet (the first comes at iteration 5)" in kept
-    kept, resume = continue_from(tmp_path, str(last), time.time() + 60, 2, 5)  # resumed from it, nothing newer
+    # resumed from it, nothing newer
+    kept, resume = continue_from(RunFolder(tmp_path), str(last), time.time() + 60, 2, 5)
     assert resume == "resume=last"
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
     torch.save({"global_step": 4}, hpc)
-    kept, resume = continue_from(tmp_path, str(hpc), time.time() + 60, 2, 5)
+    kept, resume = continue_from(RunFolder(tmp_path), str(hpc), time.time() + 60, 2, 5)
     assert kept == f"no newer checkpoint than {hpc} (iteration 2)" and resume == f"resume={hpc}"
     line = TrainingInterrupted("training stopped after iteration 3: x", "resume=last").line(
         ["data.category=my bottle", "resume=auto"])
@@ -48,7 +49,7 @@ def test_the_line_names_this_attempts_checkpoint_or_says_there_is_none(tmp_path)
 @pytest.mark.slow  # a subprocess trains until SIGINT, then the run is resumed to its end
 def test_ctrl_c_mid_fit_exits_130_with_the_continue_command_and_the_run_resumes(mvtec_root, tmp_path):
     args = tiny(mvtec_root, tmp_path, "trainer.max_steps=100000", "checkpoint_every_n_steps=1", "run=r")
-    run_dir = run_dir_of(load_config(args))
+    run_dir = RunFolder.of(load_config(args)).path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "urd_lightning", "train", *args], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,7 +16,7 @@ from test_train import tiny
 
 from urd_lightning.config import load_config
 from urd_lightning.data.datamodule import AnomalyDataModule
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.module import URDModule
 
 HANG_GUARD_S = 1800  # only a deadlock gets near this; never a speed limit
@@ -38,7 +38,7 @@ def test_two_devices_without_a_strategy_key_train_like_explicit_ddp(mvtec_root, 
     for name, extra in {"auto": [], "ddp": ["trainer.strategy=ddp"]}.items():
         cli_train([*common, f"run={name}", *extra], tmp_path)
         cfg = load_config([*common, f"run={name}", *extra])
-        results[name] = json.loads((run_dir_of(cfg) / "metrics.json").read_text())
+        results[name] = json.loads((RunFolder.of(cfg).path / "metrics.json").read_text())
     assert results["auto"]["steps"] == results["ddp"]["steps"] == 2
     assert results["auto"]["final"] == results["ddp"]["final"]
 

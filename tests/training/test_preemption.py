@@ -15,7 +15,7 @@ from test_train import tiny
 
 from urd_lightning.config import load_config
 from urd_lightning.errors import CheckpointError
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.preemption import resume_path
 from urd_lightning.training.train import train
 
@@ -66,27 +66,27 @@ def test_sigusr1_checkpoints_requeues_and_the_requeued_job_matches_an_uninterrup
         monkeypatch.setenv(key, value)
     cfg = load_config(args)
     assert train(cfg, callbacks=[SignalAt(1)]) == {}  # stopped, requeued, no final evaluation
-    run = run_dir_of(cfg)
+    run = RunFolder.of(cfg).path
     assert log.read_text().split() == ["requeue", JOB_ID]
     assert (run / "hpc_ckpt_1.ckpt").is_file() and not (run / "metrics.json").exists()
     hpc = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert hpc["global_step"] == 4  # iteration 2 complete: teacher and student steps, nothing lost
-    assert run_dir_of(load_config(args)) == run  # the requeued job computes the same run folder
+    assert RunFolder.of(load_config(args)).path == run  # the requeued job computes the same run folder
     metrics = train(load_config(args))  # the requeued job: same command
     assert metrics and (run / "metrics.json").is_file() and not list(run.glob("hpc_ckpt_*"))
-    a, b = weights(run_dir_of(whole)), weights(run)
+    a, b = weights(RunFolder.of(whole).path), weights(run)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
 def test_resume_auto_is_fresh_without_a_checkpoint_and_last_must_exist(tmp_path):
-    assert resume_path("auto", tmp_path) is None
+    assert resume_path("auto", RunFolder(tmp_path)) is None
     with pytest.raises(CheckpointError, match="resume=last"):
-        resume_path("last", tmp_path)
+        resume_path("last", RunFolder(tmp_path))
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert resume_path("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert resume_path("auto", RunFolder(tmp_path)) == str(tmp_path / "checkpoints" / "last.ckpt")
     for n in (2, 10):  # a preempted job's checkpoints win over last.ckpt; the highest number is the newest
         (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"")
-    assert resume_path("auto", tmp_path) == str(tmp_path / "hpc_ckpt_10.ckpt")
+    assert resume_path("auto", RunFolder(tmp_path)) == str(tmp_path / "hpc_ckpt_10.ckpt")

@@ -17,7 +17,7 @@ from test_preemption import fake_scontrol, slurm_env, weights
 from test_train import tiny
 
 from urd_lightning.config import load_config
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 
 HANG_GUARD_S = 1800  # only a deadlock gets near this; never a speed limit
 
@@ -51,12 +51,12 @@ def test_two_rank_job_preempted_requeued_and_resumed_matches_an_uninterrupted_jo
     whole = tiny(mvtec_root, tmp_path / "whole", *common)
     srun(whole, str(int(job) + 1), tmp_path, path)
     args = tiny(mvtec_root, tmp_path / "job", *common)
-    run = run_dir_of(load_config(args))
+    run = RunFolder.of(load_config(args)).path
     srun(args, job, tmp_path, path, signal_when=run / "checkpoints" / "last.ckpt")
     assert log.read_text().split() == ["requeue", job]  # rank zero only, once
     assert list(run.glob("hpc_ckpt_*.ckpt")) and not (run / "metrics.json").exists()
     srun(args, job, tmp_path, path)  # the requeued job runs the same script
     assert json.loads((run / "metrics.json").read_text())["steps"] == 6 and not list(run.glob("hpc_ckpt_*"))
-    a, b = weights(run_dir_of(load_config(whole))), weights(run)
+    a, b = weights(RunFolder.of(load_config(whole)).path), weights(run)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

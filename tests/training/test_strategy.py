@@ -13,8 +13,7 @@ from urd_lightning.config import load_config
 from urd_lightning.data.datamodule import AnomalyDataModule
 from urd_lightning.errors import ConfigError
 from urd_lightning.training.builders import process_count, trainer_kwargs
-from urd_lightning.training.module import URDModule
-from urd_lightning.training.trainer_checks import check_trainer
+from urd_lightning.training.module import URDModule, check_trainer
 
 
 def strategy_of(*args):

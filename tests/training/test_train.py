@@ -13,7 +13,7 @@ from urd_lightning.benchmark.records import read_run
 from urd_lightning.config import load_config
 from urd_lightning.errors import DataError
 from urd_lightning.hardware import native_bf16
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.module import NonFiniteLossError
 from urd_lightning.training.train import main, train
 
@@ -25,7 +25,7 @@ def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):
     cfg = load_config(tiny(mvtec_root, tmp_path))
     metrics = train(cfg)
     assert set(metrics) == METRICS and all(0.0 <= v <= 1.0 for v in metrics.values())
-    run = run_dir_of(cfg)
+    run = RunFolder.of(cfg).path
     payload = json.loads((run / "metrics.json").read_text())
     assert payload["final"] == pytest.approx(metrics) and payload["steps"] == 1 and "oracle" not in payload
     assert {"dataset", "category", "run", "injection", "durations"} <= set(payload)
@@ -96,7 +96,7 @@ def test_resume_two_plus_two_equals_four(mvtec_root, tmp_path):
     train(two)
     resumed = load_config(tiny(mvtec_root, tmp_path / "b", *common, "trainer.max_steps=4", "run=r", "resume=last"))
     train(resumed)
-    a, b = _weights(run_dir_of(four)), _weights(run_dir_of(resumed))
+    a, b = _weights(RunFolder.of(four).path), _weights(RunFolder.of(resumed).path)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
@@ -106,7 +106,7 @@ def test_resume_two_plus_two_equals_four(mvtec_root, tmp_path):
 def test_periodic_evaluation_gives_oracle_beside_final(mvtec_root, tmp_path):
     cfg = load_config(tiny(mvtec_root, tmp_path, "trainer.max_steps=2", "eval.every_n_steps=1"))
     metrics = train(cfg)
-    payload = json.loads((run_dir_of(cfg) / "metrics.json").read_text())
+    payload = json.loads((RunFolder.of(cfg).path / "metrics.json").read_text())
     assert [row["step"] for row in payload["periodic"]] == [1, 2]
     assert set(payload["oracle"]) >= METRICS and {f"oracle/{k}" for k in METRICS} <= set(metrics)
     assert payload["final"] == pytest.approx({k: metrics[k] for k in METRICS})
@@ -118,7 +118,7 @@ def test_wandb_offline_smoke(mvtec_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     cfg = load_config(tiny(mvtec_root, tmp_path, "logger=wandb", "wandb.mode=offline"))
     train(cfg)
-    assert list(run_dir_of(cfg).glob("wandb/offline-run-*")), "no offline W&B run was written"
+    assert list(RunFolder.of(cfg).path.glob("wandb/offline-run-*")), "no offline W&B run was written"
 
 
 @pytest.mark.slow
@@ -127,10 +127,10 @@ def test_test_command_reproduces_final_metrics(mvtec_root, tmp_path):
 
     cfg = load_config(tiny(mvtec_root, tmp_path))
     metrics = train(cfg)
-    ckpt = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    ckpt = RunFolder.of(cfg).path / "checkpoints" / "last.ckpt"
     assert evaluate_checkpoint([f"ckpt={ckpt}", f"data.root={mvtec_root}", "data.num_workers=0",
                                 "trainer.accelerator=cpu", "data.cache_dir=" + str(tmp_path / "cache")]) == 0
-    again = json.loads((run_dir_of(cfg) / "test_metrics.json").read_text())["final"]
+    again = json.loads((RunFolder.of(cfg).path / "test_metrics.json").read_text())["final"]
     assert again == pytest.approx(metrics, abs=1e-6)
 
 

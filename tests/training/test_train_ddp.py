@@ -8,7 +8,7 @@ from lightning.pytorch import Callback
 from test_train import tiny
 
 from urd_lightning.config import load_config
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.evaluate import evaluate_checkpoint
 from urd_lightning.training.train import train
 
@@ -30,16 +30,16 @@ def test_two_process_training_and_exact_synced_evaluation(mvtec_root, tmp_path):
     cfg = load_config(tiny(mvtec_root, tmp_path, "trainer.devices=2", "trainer.strategy=ddp_fork",
                            "trainer.max_steps=2", "data.train_batch_size=3", "data.eval_batch_size=2"))
     metrics = train(cfg, callbacks=[SaveRankState(tmp_path)])
-    payload = json.loads((run_dir_of(cfg) / "metrics.json").read_text())
+    payload = json.loads((RunFolder.of(cfg).path / "metrics.json").read_text())
     assert payload["steps"] == 2
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0, msg=key)
     # The same checkpoint evaluated by one process gives the same numbers (unpadded shards, synced states).
-    ckpt = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    ckpt = RunFolder.of(cfg).path / "checkpoints" / "last.ckpt"
     assert evaluate_checkpoint([f"ckpt={ckpt}", f"data.root={mvtec_root}", "data.num_workers=0",
                                 "trainer.accelerator=cpu", "trainer.devices=1",
                                 "data.cache_dir=" + str(tmp_path / "cache")]) == 0
-    single = json.loads((run_dir_of(cfg) / "test_metrics.json").read_text())["final"]
+    single = json.loads((RunFolder.of(cfg).path / "test_metrics.json").read_text())["final"]
     assert single == pytest.approx(metrics, abs=1e-6)

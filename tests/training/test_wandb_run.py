@@ -11,7 +11,7 @@ from test_train import tiny
 
 from helpers.wandb_records import history, metric_definitions
 from urd_lightning.config import load_config
-from urd_lightning.training.builders import run_dir_of
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.loggers import WANDB_ID_FILE, _wandb_id
 from urd_lightning.training.train import train
 
@@ -26,7 +26,7 @@ def test_offline_run_has_one_step_axis_stable_image_keys_and_a_final_table(mvtec
     cfg = load_config(tiny(mvtec_root, tmp_path, "logger=wandb", "wandb.mode=offline", "trainer.max_steps=2",
                            "eval.every_n_steps=1", "trainer.log_every_n_steps=1"))
     metrics = train(cfg)
-    (run_file,) = run_dir_of(cfg).glob("wandb/offline-run-*/run-*.wandb")
+    (run_file,) = RunFolder.of(cfg).path.glob("wandb/offline-run-*/run-*.wandb")
     axis = [m.step_metric for m in metric_definitions(run_file) if m.glob_name == "*"]
     assert axis[-1] == "iteration"  # the last definition wins over Lightning's trainer/global_step
     rows = history(run_file)

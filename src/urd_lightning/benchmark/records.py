@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from urd_lightning.errors import URDError
+from urd_lightning.run.folder import RunFolder
 
-REPORTS_DIRNAME = "_reports"  # folders starting with "_" are never read as categories
 # Runs written before metrics.json had one ``runtime`` block kept the speed settings in a second block, ``execution``;
 # its keys under their ``runtime`` names (the others are the same in both).
 LEGACY_EXECUTION_KEYS = {"device": "accelerator"}
@@ -71,7 +71,8 @@ def read_run(run_dir: Path) -> RunRecord:
     Raises:
         URDError: If metrics.json is not valid JSON or lacks the design's identity keys.
     """
-    metrics_path = run_dir / "metrics.json"
+    folder = RunFolder(run_dir)
+    metrics_path = folder.metrics
     try:
         metrics = json.loads(metrics_path.read_text())
         dataset, category, run = metrics["dataset"], metrics["category"], metrics["run"]
@@ -81,7 +82,7 @@ def read_run(run_dir: Path) -> RunRecord:
             "run and final (docs/design.md, 'results'). Delete it, or rerun that category, to fix it."
         ) from exc
     config: dict[str, Any] = {}
-    config_path = run_dir / "config.yaml"
+    config_path = folder.config
     if config_path.is_file():
         import yaml  # PyYAML ships with omegaconf
 
@@ -97,7 +98,7 @@ def find_runs(root: str | Path) -> list[RunRecord]:
     if not root.is_dir():
         raise URDError(f"results folder {root} does not exist; pass the folder training wrote (e.g. results/mvtec).")
     found = []
-    for path in sorted(root.rglob("metrics.json")):
+    for path in sorted(root.rglob(RunFolder.METRICS)):
         if any(part.startswith("_") for part in path.relative_to(root).parts[:-1]):
             continue
         found.append(read_run(path.parent))

@@ -18,12 +18,13 @@ from typing import Any
 
 from urd_lightning.benchmark.paper import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE
 from urd_lightning.benchmark.plots import write_plots
-from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, find_runs, group_runs
+from urd_lightning.benchmark.records import RunRecord, find_runs, group_runs
 from urd_lightning.config import read_command_line
 from urd_lightning.config.cli import Command, Option
 from urd_lightning.config.files import dataset_categories, order_categories
 from urd_lightning.errors import URDError
 from urd_lightning.files import write_atomic
+from urd_lightning.run.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if values["out"]:
             out = Path(values["out"]) / (f"{dataset}-{run}" if len(groups) > 1 else "")
         else:
-            out = records[0].path.parent.parent / REPORTS_DIRNAME / run  # results/<dataset>/_reports/<run>
+            out = RunFolder(records[0].path).reports  # results/<dataset>/_reports/<run>
         config_dir = values["config_dir"] or records[0].config.get("config_dir")  # where its dataset file was
         paths = write_report(dataset, run, records, out, _known_categories(dataset, config_dir), plots=values["plots"])
         log.info("%s", paths["markdown"].read_text())

@@ -29,11 +29,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from urd_lightning import config as urd_config
 from urd_lightning.benchmark.launchers import gpu_slots, run_concurrently, run_logged
-from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten, read_run
+from urd_lightning.benchmark.records import RunRecord, read_run
 from urd_lightning.benchmark.report import write_report
 from urd_lightning.benchmark.slurm import OPTIONS as SLURM_OPTIONS
 from urd_lightning.benchmark.slurm import ArrayStillRunning, CategoryTask, SlurmOptions, run_array
@@ -42,28 +42,11 @@ from urd_lightning.config import read_command_line
 from urd_lightning.config.cli import Command, Option
 from urd_lightning.config.files import dataset_categories, order_categories
 from urd_lightning.errors import ConfigError
+from urd_lightning.run.folder import RunFolder, category_log
+from urd_lightning.run.identity import is_execution_key
 from urd_lightning.training.train import train
 
 log = logging.getLogger(__name__)
-
-# Keys that say where or how a run is executed or logged, not what is trained: they neither change the run name nor
-# make a finished category "a different config" when resuming. Device counts are among them so that a SLURM array
-# (trainer.devices=1) and its --report-only job agree on the run name; a DDP run changes the effective batch size,
-# so give it its own run= when comparing. data.dtd_root only says where DTD lies; whether DTD or procedural textures
-# were used is data.textures, which is not volatile.
-VOLATILE_KEYS = (
-    "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
-    "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
-    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps", "trainer.max_time", "runtime",
-    "data.pixel_cache_dir",  # where decoded pixels are cached: identical results with or without the cache
-    "batched_eval_forwards", "compile",  # how fast, not what is computed
-)  # fmt: skip
-
-
-def _volatile(key: str) -> bool:
-    return any(key == v or key.startswith(v + ".") for v in VOLATILE_KEYS)
-
 
 @dataclass
 class Job:
@@ -74,9 +57,14 @@ class Job:
     cfg: DictConfig
 
     @property
+    def folder(self) -> RunFolder:
+        """The category's run folder (design.md, results)."""
+        return RunFolder.of(self.cfg)
+
+    @property
     def run_dir(self) -> Path:
-        """``<output_dir>/<dataset>/<category>/<run>`` (design.md, results)."""
-        return Path(self.cfg.output_dir) / self.cfg.dataset / self.category / str(self.cfg.run)
+        """The run folder's path."""
+        return self.folder.path
 
 
 def benchmark_run_name(overrides: list[str]) -> str:
@@ -89,7 +77,8 @@ def benchmark_run_name(overrides: list[str]) -> str:
     if pairs.get("run"):
         return pairs["run"]
     name = pairs.get("experiment") or "default"
-    rest = sorted(f"{k}={v}" for k, v in pairs.items() if k not in ("experiment", "dataset") and not _volatile(k))
+    rest = sorted(f"{k}={v}" for k, v in pairs.items()
+                  if k not in ("experiment", "dataset") and not is_execution_key(k))
     return f"{name}-{hashlib.sha1(repr(rest).encode()).hexdigest()[:8]}" if rest else name
 
 
@@ -123,21 +112,21 @@ def plan(dataset: str, overrides: list[str], categories: list[str] | None = None
 
 
 def config_diff(job: Job) -> list[str]:
-    """Result-changing keys whose value in the finished run's ``config.yaml`` differs from ``job``'s config."""
-    saved_path = job.run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return []
-    saved = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.load(saved_path))).items() if not _volatile(k)}
-    now = {k: v for k, v in flatten(OmegaConf.to_container(job.cfg, resolve=True)).items() if not _volatile(k)}
-    return sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    """Identity keys (run/identity.py) whose value in the run folder's ``config.yaml`` differs from ``job``'s."""
+    return [key for key, _, _ in job.folder.differences(job.cfg)]
+
+
+def with_setting(job: Job, key: str, value: str) -> Job:
+    """The same job with one more top-level ``key=value`` (an execution key: the run stays the same)."""
+    cfg = job.cfg.copy()
+    with open_dict(cfg):
+        cfg[key] = value == "true" if value in ("true", "false") else value
+    return Job(job.category, [*job.argv, f"{key}={value}"], cfg)
 
 
 def with_resume(job: Job) -> Job:
     """The same job continuing from its run's ``checkpoints/last.ckpt`` (``resume=last``)."""
-    cfg = job.cfg.copy()
-    with open_dict(cfg):
-        cfg.resume = "last"
-    return Job(job.category, [*job.argv, "resume=last"], cfg)
+    return with_setting(job, "resume", "last")
 
 
 def train_command(job: Job) -> list[str]:
@@ -159,9 +148,9 @@ def _run_in_process(job: Job) -> str:
 
 
 def _record(job: Job, error: str) -> RunRecord:
-    if not error and (job.run_dir / "metrics.json").is_file():
+    if not error and job.folder.is_finished():
         return read_run(job.run_dir)
-    error = error or f"training returned but wrote no {job.run_dir / 'metrics.json'}"
+    error = error or f"training returned but wrote no {job.folder.metrics}"
     return RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "failed", job.run_dir, error=error)
 
 
@@ -191,7 +180,7 @@ def run_benchmark(
     records: dict[str, RunRecord] = {}
     todo: list[Job] = []
     for job in jobs:
-        if (job.run_dir / "metrics.json").is_file() and not force:
+        if job.folder.is_finished() and not force:
             diff = config_diff(job)
             records[job.category] = read_run(job.run_dir) if not diff else RunRecord(
                 job.cfg.dataset, job.category, str(job.cfg.run), "conflict", job.run_dir,
@@ -203,13 +192,13 @@ def run_benchmark(
             records[job.category] = RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "missing", job.run_dir)
         else:
             todo.append(job)
-    reports = (
-        Path(jobs[0].cfg.output_dir) / jobs[0].cfg.dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run) if jobs else None
-    )
+    reports = jobs[0].folder.reports if jobs else None
 
     def prepared(job: Job) -> Job:
-        if not force and (job.run_dir / "checkpoints" / "last.ckpt").is_file() and not config_diff(job):
+        if not force and job.folder.last_checkpoint.is_file() and not config_diff(job):
             job = with_resume(job)  # an interrupted run of this config: continue it rather than start over
+        elif force and config_diff(job):
+            job = with_setting(job, "overwrite", "true")  # --force: another config's run is moved aside, not lost
         log.info("%s: training (%s)", job.category, " ".join(job.argv))
         return job
 
@@ -220,7 +209,7 @@ def run_benchmark(
             on_done(record)
 
     def log_path(job: Job) -> Path:
-        return reports / "logs" / f"{job.category}.log"
+        return category_log(reports, job.category)
 
     if slurm is not None and todo:
         todo = [prepared(job) for job in todo]
@@ -283,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [jobs[args.task_index]]
     if args.dry_run:
         for index, job in enumerate(jobs):
-            state = "finished" if (job.run_dir / "metrics.json").is_file() else "to run"
+            state = "finished" if job.folder.is_finished() else "to run"
             sys.stdout.write(f"[{index}] {job.category} ({state}): {' '.join(train_command(job))}\n")
         return 0
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
@@ -296,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"stops it); once it has ended, `{again}` writes the table\n")
         return 130
     if args.task_index is None:
-        out = Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run)
+        out = jobs[0].folder.reports
         paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], args.plots)
         sys.stdout.write(paths["markdown"].read_text())
         log.info("results: %s", ", ".join(str(p) for p in paths.values()))

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 from urd_lightning.benchmark.launchers import import_submitit, log_tail
 from urd_lightning.config.cli import Option
 from urd_lightning.errors import ConfigError
+from urd_lightning.run.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class CategoryTask:
         if child is not None:
             code = child.stop(STOP_WAIT_S)
             self._stopped = True
-            metrics = self.run_dir / "metrics.json"
+            metrics = RunFolder(self.run_dir).metrics
             finished = code == 0 and metrics.is_file() and metrics.stat().st_mtime >= self._started
             self._sink.write(f"\n# ended {time.time():.6f} pid {os.getpid()} exit code {code} (stopped for a "
                              "requeue: submitit requeues this task, which continues with resume=auto)\n".encode())

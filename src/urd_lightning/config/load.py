@@ -11,8 +11,6 @@ DDP rank, so no timestamps or prompts here.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import os
 import sys
 from collections.abc import Sequence
 from importlib.resources.abc import Traversable
@@ -29,6 +27,7 @@ from urd_lightning.config.ranges import check_ranges
 from urd_lightning.config.schema import Config, key_types
 from urd_lightning.config.textures import resolve_textures
 from urd_lightning.errors import ConfigError
+from urd_lightning.run.identity import run_name
 
 __all__ = ["CONFIG_DIR", "Config", "load_config", "print_config_main", "read_command_line", "run_name", "to_yaml"]
 
@@ -133,31 +132,6 @@ def _has(values: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-def run_name(cfg: DictConfig) -> str:
-    """A deterministic run name: ``<injection>-s<seed>-<hash of the resolved config>`` (same on every rank)."""
-    if cfg.run:
-        return str(cfg.run)
-    if os.environ.get("URD_RUN"):
-        return os.environ["URD_RUN"]
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
-    for volatile in ("run", "resume", "ckpt", "output_dir", "config_dir"):
-        plain.pop(volatile, None)
-    plain["trainer"].pop("max_time", None)  # a resubmitted job with another time limit continues the same run
-    digest = hashlib.sha1(repr(sorted(_flatten(plain).items())).encode()).hexdigest()[:8]
-    return f"{cfg.model.injection}-s{cfg.seed}-{digest}"
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def load_config(argv: list[str] | None = None, config_dir: Path | str | None = None, here: bool = True) -> DictConfig:
     """Build the validated config from the layered YAML files and ``key=value`` overrides.
 
@@ -231,7 +205,7 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)
     # The pipeline itself, not a file name, is recorded and hashed into the run's identity (config/augment.py).
     cfg.data.augment = resolve_augment(OmegaConf.to_container(cfg.data, resolve=True)["augment"], roots)
-    cfg.run = run_name(cfg)
+    cfg.run = run_name(cfg)  # also checks that run, dataset and category are each one safe folder name
     OmegaConf.set_struct(cfg, True)
     return cfg
 

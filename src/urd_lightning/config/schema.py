@@ -114,6 +114,7 @@ class Config:
     compile: bool = False
     checkpoint_every_n_steps: int = 1000
     resume: str | None = None
+    overwrite: bool = False
     ckpt: str | None = None
     logger: str = "wandb"
     model: ModelConfig = field(default_factory=ModelConfig)

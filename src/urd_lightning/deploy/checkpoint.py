@@ -1,8 +1,9 @@
 """Safe loading of urd-lightning checkpoints for inference and export (issue 6).
 
 A checkpoint is the Lightning file ``URDModule`` writes (``docs/design.md``, "checkpoints"): the network's weights
-under the ``model.`` prefix of ``state_dict`` and, under ``checkpoint["urd_lightning"]``, plain-Python extras
-(URD kwargs, image size, thresholds, score statistics). Loading never needs Lightning or the ``URDModule`` class:
+under the ``model.`` prefix of ``state_dict`` and, under ``checkpoint[EXTRAS_KEY]``, plain-Python extras
+(URD kwargs, image size, thresholds, score statistics: ``run/extras.py``). Loading never needs Lightning or the
+``URDModule`` class:
 
 1. ``torch.load(weights_only=True)`` — no arbitrary code runs while unpickling. Only a user who trusts a file
    can opt out (``trust_checkpoint=True``), and the error says so.
@@ -21,49 +22,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from urd_lightning import __version__
-from urd_lightning.checkpoint_io import EXTRAS_KEY, load_inference_file, save_weights_file, validate_extras
+from urd_lightning.checkpoint_io import load_inference_file, save_weights_file
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import write_via
+from urd_lightning.run.extras import EXTRAS_KEY, CheckpointExtras
 
 MODEL_PREFIX = "model."
 
 
 @dataclass(frozen=True)
-class CheckpointInfo:
-    """What inference needs to know about a checkpoint besides its weights.
+class CheckpointInfo(CheckpointExtras):
+    """A checkpoint's :class:`~urd_lightning.run.extras.CheckpointExtras` and the file they were read from.
 
     Attributes:
         path: the file it was read from.
-        version: urd-lightning version that wrote it.
-        model_kwargs: the ``URD(...)`` arguments it was trained with.
-        image_size: the square side the model was trained and evaluated at.
-        dataset: benchmark name, e.g. ``mvtec``.
-        category: category name, e.g. ``bottle``.
-        thresholds: ``{"image", "pixel", "source"}`` F1-optimal thresholds, or ``None`` when training did not
-            evaluate.
-        score_stats: ``{"image_min", "image_max", "pixel_min", "pixel_max"}`` on the same set, or ``None``.
-        resize: the resize method training used (``data.resize``); ``cv2`` for checkpoints that predate the key,
-            which were all trained with it.
     """
 
-    path: Path
-    version: str
-    model_kwargs: dict[str, Any]
-    image_size: int
-    dataset: str
-    category: str
-    thresholds: dict[str, Any] | None
-    score_stats: dict[str, float] | None
-    resize: str = "cv2"
+    path: Path = Path()
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """The ``URD(...)`` arguments it was trained with."""
+        return self.model
 
 
-def _load(path: Path, trust_checkpoint: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _load(path: Path, trust_checkpoint: bool) -> tuple[CheckpointExtras, dict[str, torch.Tensor]]:
     """The validated extras and the network's weights (``model.`` prefix removed) of a .ckpt or .safetensors."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=PATH to a .ckpt written by training")
     checkpoint = load_inference_file(path, trust_checkpoint, trust_hint="pass trust_checkpoint=true to load it")
-    extras = validate_extras(path, checkpoint)
+    extras = CheckpointExtras.read(path, checkpoint)
     state = {
         key[len(MODEL_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()
@@ -90,17 +78,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[d
     """
     path = Path(path)
     extras, state = _load(path, trust_checkpoint)
-    info = CheckpointInfo(
-        path=path,
-        version=str(extras.get("version", "unknown")),
-        model_kwargs=dict(extras["model"]),
-        image_size=int(extras["image_size"]),
-        dataset=str(extras.get("dataset", "unknown")),
-        category=str(extras.get("category", "unknown")),
-        thresholds=dict(extras["thresholds"]) if extras.get("thresholds") else None,
-        score_stats=dict(extras["score_stats"]) if extras.get("score_stats") else None,
-        resize=str(extras.get("resize", "cv2")),
-    )
+    info = CheckpointInfo(path=path, **vars(extras))
     return state, info
 
 
@@ -113,7 +91,7 @@ def save_weights(ckpt: str | Path, output: str | Path, trust_checkpoint: bool = 
     """
     extras, state = _load(Path(ckpt), trust_checkpoint)
     weights = {MODEL_PREFIX + key: value for key, value in state.items() if not key.startswith("expert.")}
-    return save_weights_file(output, weights, extras)
+    return save_weights_file(output, weights, extras.to_dict())
 
 
 def build_inference_model(state: dict[str, torch.Tensor], info: CheckpointInfo) -> nn.Module:
@@ -196,15 +174,7 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.state_dict().items()}
-    extras = {
-        "version": __version__,
-        "model": dict(model.config),
-        "image_size": int(image_size),
-        "dataset": dataset,
-        "category": category,
-        "resize": resize,
-        "thresholds": dict(thresholds) if thresholds is not None else None,
-        "score_stats": dict(score_stats) if score_stats is not None else None,
-    }
-    write_via(path, lambda tmp: torch.save({"state_dict": state, EXTRAS_KEY: extras}, tmp), suffix=".tmp")
+    extras = CheckpointExtras(model=dict(model.config), image_size=int(image_size), dataset=dataset, category=category,
+                              resize=resize, thresholds=thresholds, score_stats=score_stats)
+    write_via(path, lambda tmp: torch.save({"state_dict": state, EXTRAS_KEY: extras.to_dict()}, tmp), suffix=".tmp")
     return path

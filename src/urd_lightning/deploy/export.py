@@ -39,6 +39,7 @@ from urd_lightning.deploy.checkpoint import CheckpointInfo, load_model, save_wei
 from urd_lightning.deploy.predict import NORMALIZATION_FORMULA
 from urd_lightning.errors import ConfigError, URDError
 from urd_lightning.files import ensure_writable, write_atomic, write_via
+from urd_lightning.run.extras import EXTRAS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _export_torchscript(graph: nn.Module, path: Path, image_size: int, metadata:
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice; the trace is checked below
         traced = torch.jit.trace(graph, (example,), check_trace=False)
         write_via(path, lambda tmp: torch.jit.save(traced, str(tmp),
-                                                   _extra_files={"urd_lightning.json": json.dumps(metadata)}))
+                                                   _extra_files={f"{EXTRAS_KEY}.json": json.dumps(metadata)}))
         loaded = torch.jit.load(str(path), map_location="cpu")
 
     def run(image: Tensor) -> tuple[Tensor, Tensor]:
@@ -258,7 +259,7 @@ def export(
             run_exported = _export_onnx(graph, work, info.image_size, opset)
             metadata["parity"] = check_parity(graph, run_exported, info.image_size, work)
             onnx_model = onnx.load(str(work))
-            onnx.helper.set_model_props(onnx_model, {"urd_lightning": json.dumps(metadata)})
+            onnx.helper.set_model_props(onnx_model, {EXTRAS_KEY: json.dumps(metadata)})
             write_via(path, lambda tmp: onnx.save(onnx_model, str(tmp)))
         finally:
             work.unlink(missing_ok=True)

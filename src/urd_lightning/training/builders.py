@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,11 +82,6 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     kwargs["benchmark"] = _on_cuda(cfg) and not kwargs["deterministic"]
     kwargs["strategy"] = _strategy(cfg)
     return kwargs
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    """``<output_dir>/<dataset>/<category>/<run>``."""
-    return Path(cfg.output_dir) / str(cfg.dataset) / str(cfg.data.category) / str(cfg.run)
 
 
 def build_module(cfg: DictConfig) -> URDModule:

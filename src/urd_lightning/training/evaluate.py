@@ -16,28 +16,29 @@ from typing import Any
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
-from urd_lightning.checkpoint_io import EXTRAS_KEY, REWRITE, load_inference_file, validate_extras
+from urd_lightning.checkpoint_io import load_inference_file
 from urd_lightning.config import load_config, read_command_line
 from urd_lightning.config.cli import Command
 from urd_lightning.errors import CheckpointError, ConfigError
 from urd_lightning.files import ensure_writable, write_atomic
+from urd_lightning.run.extras import EXTRAS_KEY, REWRITE, CheckpointExtras
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.builders import build_datamodule, build_module, trainer_kwargs
 from urd_lightning.training.loggers import setup_console_logging
 from urd_lightning.training.results import METRIC_ORDER
 
 
-def _read_checkpoint(path: Path, given: set[str]) -> dict[str, Any]:
+def _read_checkpoint(path: Path, given: set[str]) -> tuple[dict[str, Any], CheckpointExtras]:
     """The checkpoint and its checked extras; dataset and category are needed unless the command line gives them."""
     if not path.is_file():
         raise CheckpointError(f"ckpt={path} does not exist; give results/<dataset>/<category>/<run>/checkpoints/"
                               "last.ckpt")
     checkpoint = load_inference_file(path)  # a .ckpt or export's weights-only .safetensors; no code runs; one line
     needed = {key: arg for key, arg in (("dataset", "dataset"), ("category", "data.category")) if arg not in given}
-    extras = checkpoint.get(EXTRAS_KEY) if isinstance(checkpoint, dict) else None
-    lacking = [arg for key, arg in needed.items() if not isinstance(extras, dict) or key not in extras]
+    stored = checkpoint.get(EXTRAS_KEY) if isinstance(checkpoint, dict) else None
+    lacking = [arg for key, arg in needed.items() if not isinstance(stored, dict) or key not in stored]
     fix = REWRITE + (", or give " + " and ".join(f"{arg}=..." for arg in lacking) if lacking else "")
-    validate_extras(path, checkpoint, also=tuple(needed), fix=fix)
-    return checkpoint
+    return checkpoint, CheckpointExtras.read(path, checkpoint, also=tuple(needed), fix=fix)
 
 
 TEST = Command(
@@ -59,17 +60,18 @@ def evaluate_checkpoint(argv: list[str]) -> int:
         raise ConfigError("the test command needs ckpt=PATH (e.g. results/mvtec/bottle/<run>/checkpoints/last.ckpt)")
     path = Path(ckpt)
     given = args.given
-    checkpoint = _read_checkpoint(path, given)
-    ensure_writable(path.parent.parent if path.parent.name == "checkpoints" else path.parent, "ckpt folder")
-    extras = checkpoint[EXTRAS_KEY]
-    implied = [f"dataset={extras['dataset']}"] if "dataset" not in given else []
+    checkpoint, extras = _read_checkpoint(path, given)
+    folder = RunFolder.holding(path)  # beside the run's metrics.json, or beside a checkpoint outside a run folder
+    out = folder.test_metrics if folder is not None else path.with_suffix(".metrics.json")
+    ensure_writable(out.parent, "ckpt folder")
+    implied = [f"dataset={extras.dataset}"] if "dataset" not in given else []
     if "data.category" not in given:
-        implied.append(f"data.category={extras['category']}")
+        implied.append(f"data.category={extras.category}")
     if "data.image_size" not in given:
-        implied.append(f"data.image_size={extras['image_size']}")
-    if "data.resize" not in given:  # evaluate as trained; checkpoints older than the key were trained with cv2
-        implied.append(f"data.resize={extras.get('resize', 'cv2')}")
-    model_keys = [f"model.{k}={'null' if v is None else v}" for k, v in extras["model"].items()
+        implied.append(f"data.image_size={extras.image_size}")
+    if "data.resize" not in given:  # evaluate as trained (older checkpoints: the record's legacy default)
+        implied.append(f"data.resize={extras.resize}")
+    model_keys = [f"model.{k}={'null' if v is None else v}" for k, v in extras.model.items()
                   if f"model.{k}" not in given and k != "pretrained"]
     cfg = load_config(implied + model_keys + ["model.pretrained=false", "logger=none"] + argv)
     datamodule = build_datamodule(cfg)
@@ -78,15 +80,13 @@ def evaluate_checkpoint(argv: list[str]) -> int:
     # The expert is used only for training; a checkpoint may omit it. Anything else missing is an error.
     missing = [k for k in missing if not k.startswith("model.expert.")]
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not match the network {extras['model']}: missing {missing[:5]}, "
+        raise CheckpointError(f"{path} does not match the network {extras.model}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
     kwargs = trainer_kwargs(cfg)
     kwargs.pop("max_steps", None)
     trainer = Trainer(**kwargs, logger=False, use_distributed_sampler=False, enable_model_summary=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if trainer.global_rank == 0:
-        out = path.parent.parent / "test_metrics.json" if path.parent.name == "checkpoints" else path.with_suffix(
-            ".metrics.json")
         payload = {"checkpoint": str(path), "dataset": cfg.dataset, "category": cfg.data.category,
                    "final": module.final, "config": OmegaConf.to_container(cfg.data, resolve=True)}
         write_atomic(out, json.dumps(payload, indent=2) + "\n")

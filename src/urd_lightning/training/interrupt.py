@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.errors import CheckpointError
+from urd_lightning.run.folder import RunFolder
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -67,19 +68,19 @@ def _iteration_of(path: Path, per_iteration: int) -> str:
         return ""
 
 
-def continue_from(run_dir: Path, resumed_from: str | None, started: float, per_iteration: int,
+def continue_from(folder: RunFolder, resumed_from: str | None, started: float, per_iteration: int,
                   first_save: int) -> tuple[str, str | None]:
     """Which checkpoint an interrupted attempt leaves to continue from, and the ``resume=`` that continues from it.
 
     Args:
-        run_dir: the run folder.
+        folder: the run folder.
         resumed_from: the checkpoint this attempt resumed from, None for a fresh start.
         started: when this attempt started (``time.time()``): a ``last.ckpt`` older than that is an earlier
             attempt's, and continuing from it would not continue this one.
         per_iteration: optimizer steps per URD iteration.
         first_save: the iteration at which the first checkpoint is written (for the message when there is none).
     """
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = folder.last_checkpoint
     if last.is_file() and (last.stat().st_mtime >= started or resumed_from == str(last)):
         return f"the last checkpoint is {last}{_iteration_of(last, per_iteration)}", "resume=last"
     if resumed_from is not None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from urd_lightning.errors import ConfigError
 from urd_lightning.files import write_atomic
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.history import HistoryCSVLogger
 
 log = logging.getLogger("urd_lightning")
@@ -105,7 +106,7 @@ def build_logger(cfg: DictConfig, run_dir: Path, resumed_at: int | None = None) 
     require_logger_package(cfg)
     if cfg.logger == "none":
         return False
-    csv = HistoryCSVLogger(resumed_at, save_dir=str(run_dir), name="logs", version="")
+    csv = HistoryCSVLogger(resumed_at, save_dir=str(run_dir), name=RunFolder.LOGS, version="")
     if cfg.logger == "csv":
         return csv
     if cfg.logger == "tensorboard":  # for clusters without W&B: `tensorboard --logdir <run>/tensorboard`
@@ -196,7 +197,7 @@ def log_final(logger: Logger | bool, final: dict[str, float], iteration: int, cu
                  "iteration": iteration})
         if checkpoint is not None and checkpoint.is_file():
             artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"iteration": iteration, **final})
-            artifact.add_file(str(checkpoint), name="last.ckpt")
+            artifact.add_file(str(checkpoint), name=RunFolder.LAST)
             run.log_artifact(artifact, aliases=["latest"])
     except Exception as exc:  # noqa: BLE001 - a W&B problem never kills a run
         log.warning("W&B final logging failed (%s).", exc)

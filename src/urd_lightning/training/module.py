@@ -5,27 +5,29 @@ Lightning's manual optimisation and two Adam optimizers:
 expert forward (eval, no grad) → teacher step (train mode) → teacher re-forward (eval mode, no grad, updated
 weights and running BN statistics) → student step on the detached teacher features, reusing the expert features.
 Evaluation (urd-method.md §6) smooths the map with σ = 4 and scores an image by the map's maximum; it is done by
-``URD.predict``. No architecture code lives here.
+``URD.predict``. No architecture code lives here. Below the module: what its evaluations add up to (score
+statistics across ranks, the "oracle" selection, plot-sized curves) and what a stock ``Trainer`` must do for it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from typing_extensions import override
 
-from urd_lightning import __version__
-from urd_lightning.errors import URDError
+from urd_lightning.data.datamodule import AnomalyDataModule
+from urd_lightning.errors import ConfigError, URDError
 from urd_lightning.metrics import AnomalyMetrics
 from urd_lightning.models import URD
 from urd_lightning.models import losses as urd_losses
-from urd_lightning.training.evaluation import best_periodic, decimate, score_stats
-from urd_lightning.training.trainer_checks import check_trainer
+from urd_lightning.run.extras import EXTRAS_KEY, CheckpointExtras
 
 
 class NonFiniteLossError(URDError):
@@ -159,7 +161,7 @@ class URDModule(LightningModule):
     def _checkpoint_kept(self) -> str:
         """What a stopped run leaves to resume from: the last checkpoint, or the fact that there is none yet."""
         callback = self._trainer.checkpoint_callback if self._trainer is not None else None
-        last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+        last = Path(callback.last_model_path) if callback is not None and callback.last_model_path else None
         if last is not None and last.is_file():
             return f"The last good checkpoint ({last}) is kept."
         return "No checkpoint was written before this iteration, so there is nothing to resume from."
@@ -302,18 +304,91 @@ class URDModule(LightningModule):
         return best_periodic(self.periodic, str(self.hparams.dataset))
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
+    def extras(self) -> CheckpointExtras:
+        """What inference needs besides the weights (``run/extras.py``), as this module knows it now."""
+        return CheckpointExtras(
+            model=dict(self.hparams.model), image_size=int(self.hparams.image_size), dataset=str(self.hparams.dataset),
+            category=str(self.hparams.category), resize=str(self.hparams.resize),  # predict resizes as training did
+            thresholds=self.thresholds, score_stats=self.score_stats,
+        )
+
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Everything inference needs, as plain Python types so torch.load(weights_only=True) reads it (design.md).
-        checkpoint["urd_lightning"] = {
-            "version": __version__, "model": dict(self.hparams.model), "image_size": int(self.hparams.image_size),
-            "dataset": str(self.hparams.dataset), "category": str(self.hparams.category),
-            "resize": str(self.hparams.resize),  # predict must resize as training did
-            "thresholds": self.thresholds, "score_stats": self.score_stats,
-        }
-        checkpoint["urd_periodic"] = list(self.periodic)  # periodic test-set evaluations survive a resume
+        # Plain Python types, so torch.load(weights_only=True) reads them (design.md, "checkpoints"). The periodic
+        # evaluations are not here: the run folder's train_state.json is their one store (run/folder.py).
+        checkpoint[EXTRAS_KEY] = self.extras().to_dict()
 
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.periodic = list(checkpoint.get("urd_periodic", []))
 
+# ---- what an evaluation adds up to: score statistics across ranks, the "oracle" selection, plot-sized curves ------
+# The authors select their reported ("max") numbers on the test set by these sums (urd-method.md §5):
+# pixel AUROC + AUPRO on MVTec, plus image AUROC on VisA. We only use them for the labelled "oracle" numbers.
+ORACLE_KEYS = ("pixel_AUROC", "pixel_AUPRO_per_image")
+ORACLE_KEYS_VISA = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO_per_image")
+
+
+def best_periodic(periodic: Sequence[dict[str, Any]], dataset: str) -> dict[str, float] | None:
+    """The periodic evaluation the authors' selection sum picks, or None when none ran."""
+    if not periodic:
+        return None
+    keys = ORACLE_KEYS_VISA if dataset == "visa" else ORACLE_KEYS
+    return dict(max(periodic, key=lambda row: sum(row.get(k, 0.0) for k in keys)))
+
+
+def score_stats(scores: Sequence[Tensor], device: torch.device,
+                all_gather: Callable[[Tensor], Tensor]) -> dict[str, float] | None:
+    """Min/max of image scores and pixel values over every rank (anomalib's normalisation statistics).
+
+    Each entry of ``scores`` is one batch's ``(image_min, image_max, pixel_min, pixel_max)``; None when no rank saw
+    an image.
+    """
+    if not scores:
+        local = torch.tensor([math.inf, -math.inf, math.inf, -math.inf], device=device)
+    else:
+        stacked = torch.stack(list(scores))
+        local = torch.cat([stacked[:, 0].min()[None], stacked[:, 1].max()[None],
+                           stacked[:, 2].min()[None], stacked[:, 3].max()[None]])
+    gathered = all_gather(local).reshape(-1, 4)
+    stats = [gathered[:, 0].min(), gathered[:, 1].max(), gathered[:, 2].min(), gathered[:, 3].max()]
+    if not all(math.isfinite(float(v)) for v in stats):
+        return None
+    return dict(zip(("image_min", "image_max", "pixel_min", "pixel_max"), (float(v) for v in stats), strict=True))
+
+
+def decimate(x: Tensor, y: Tensor, points: int = 2000) -> tuple[Tensor, Tensor]:
+    """At most ``points`` vertices of a curve (pixel curves have millions), keeping both ends, for plots."""
+    if x.numel() <= points:
+        return x, y
+    keep = torch.linspace(0, x.numel() - 1, points).round().long()
+    return x[keep], y[keep]
+
+
+# ---- what a stock Trainer must do for URD (checked when URDModule.setup("fit") runs) --------------------------------
+# train(cfg) builds its Trainer right (builders.trainer_kwargs); a Lightning user who writes Trainer(max_steps=1000,
+# devices=2) and calls fit(URDModule(...), datamodule=AnomalyDataModule(...)) gets the same training, or one line
+# naming the Trainer argument to pass: max_steps counts URD iterations (Lightning counts each optimizer's step, so
+# the limit is scaled once per Trainer); several processes need DDP with find_unused_parameters=True (two backward
+# passes over disjoint parameters); AnomalyDataModule shards its data itself, so Lightning must not wrap its
+# samplers a second time.
+
+
+def check_trainer(trainer: Trainer, steps_per_iteration: int) -> None:
+    """Scale ``max_steps`` to optimizer steps and stop on a strategy or sampler setting URD cannot train with.
+
+    Raises:
+        ConfigError: naming the Trainer argument to pass.
+    """
+    strategy: Any = trainer.strategy
+    if trainer.world_size > 1 and isinstance(strategy, DDPStrategy):
+        # Lightning keeps the DDP arguments only in this attribute; it has no public accessor.
+        if not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+            raise ConfigError("URDModule on several processes needs DDP with find_unused_parameters=True (two "
+                              "backward passes per iteration): pass Trainer(strategy='ddp_find_unused_parameters_true')"
+                              " or use `python -m urd_lightning train`")
+        if isinstance(trainer.datamodule, AnomalyDataModule) and trainer._accelerator_connector.use_distributed_sampler:
+            raise ConfigError("AnomalyDataModule shards its data across processes itself: pass "
+                              "Trainer(use_distributed_sampler=False)")
+    loop = trainer.fit_loop.epoch_loop
+    # Once per Trainer: a second fit() with the same Trainer must not scale again.
+    if loop.max_steps > 0 and getattr(loop, "_urd_scaled_max_steps", None) != loop.max_steps:
+        loop.max_steps *= steps_per_iteration
+        loop._urd_scaled_max_steps = loop.max_steps

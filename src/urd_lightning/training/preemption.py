@@ -29,6 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from urd_lightning.errors import CheckpointError
+from urd_lightning.run.folder import RunFolder
 
 log = logging.getLogger("urd_lightning")
 HPC_PATTERN = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
@@ -42,7 +43,7 @@ def hpc_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resume_path(resume: str | None, run_dir: Path) -> str | None:
+def resume_path(resume: str | None, folder: RunFolder) -> str | None:
     """The checkpoint ``fit`` continues from, for ``resume`` = null, ``last``, ``auto`` or a path.
 
     ``auto``: a preempted job's ``hpc_ckpt_<N>.ckpt`` (highest N), else this run's ``checkpoints/last.ckpt``, else
@@ -52,11 +53,11 @@ def resume_path(resume: str | None, run_dir: Path) -> str | None:
     """
     if not resume:
         return None
+    last = folder.last_checkpoint
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        hpc = hpc_checkpoints(run_dir)
+        hpc = hpc_checkpoints(folder.path)
         return str(hpc[-1]) if hpc else str(last) if last.is_file() else None
-    path = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    path = last if resume == "last" else Path(resume)
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: {path} does not exist; train without resume= (or with resume=auto)")
     return str(path)

@@ -18,30 +18,24 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from urd_lightning.files import write_atomic, write_via
+from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.callbacks import AtomicCheckpointIO
 from urd_lightning.training.loggers import log_final, log_summary
 
-TRAIN_STATE = "train_state.json"  # steps, training time and periodic evaluations, written at the end of training
-# Every periodic evaluation so far, rewritten after each one. A checkpoint saved at iteration k is written before the
-# evaluation of k runs (Lightning checkpoints at the end of the batch, then validates), and a resume from it does not
-# repeat that evaluation: the row comes back from this file.
-PERIODIC_LOG = "periodic.json"
 METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
                 "pixel_AUPRO_per_image")
 
 
-def write_metrics(run_dir: Path, payload: dict[str, Any]) -> Path:
-    """``<run_dir>/metrics.json`` (design.md "results" format); returns its path."""
-    path = run_dir / "metrics.json"
-    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    return path
+def write_metrics(folder: RunFolder, payload: dict[str, Any]) -> Path:
+    """The run's ``metrics.json`` (design.md "results" format); returns its path."""
+    return write_atomic(folder.metrics, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def plot_curves(run_dir: Path, curves: dict[str, Any]) -> list[Path]:
+def plot_curves(folder: RunFolder, curves: dict[str, Any]) -> list[Path]:
     """``roc_curve.png`` (image and pixel ROC) and ``pro_curve.png`` (PRO over FPR up to the 0.3 limit).
 
     Args:
-        run_dir: the run folder.
+        folder: the run folder.
         curves: ``{"image_roc": (fpr, tpr), "pixel_roc": (fpr, tpr), "pixel_pro": (fpr, pro)}``; missing entries
             are skipped.
 
@@ -64,9 +58,8 @@ def plot_curves(run_dir: Path, curves: dict[str, Any]) -> list[Path]:
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (final evaluation)")
         ax.legend(loc="lower right")
         fig.tight_layout()
-        write_via(run_dir / "roc_curve.png", lambda tmp: fig.savefig(tmp, dpi=100))
+        written.append(write_via(folder.curve("roc"), lambda tmp: fig.savefig(tmp, dpi=100)))
         plt.close(fig)
-        written.append(run_dir / "roc_curve.png")
     if pro is not None:
         fpr, overlap = pro
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -75,9 +68,8 @@ def plot_curves(run_dir: Path, curves: dict[str, Any]) -> list[Path]:
         ax.set(xlabel="false positive rate", ylabel="per-region overlap", title="PRO (pooled, final evaluation)",
                xlim=(0, max(0.3, float(fpr[-1]) if len(fpr) else 0.3)), ylim=(0, 1.02))
         fig.tight_layout()
-        write_via(run_dir / "pro_curve.png", lambda tmp: fig.savefig(tmp, dpi=100))
+        written.append(write_via(folder.curve("pro"), lambda tmp: fig.savefig(tmp, dpi=100)))
         plt.close(fig)
-        written.append(run_dir / "pro_curve.png")
     return written
 
 
@@ -108,42 +100,47 @@ def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
 
 
 class ResultsWriter(Callback):
-    """Writes the run's results where the evaluation happened, so ``ddp_spawn``/``ddp_fork`` runs lose nothing.
+    """Keeps the run's state and writes its results where the evaluation happened (``ddp_spawn``/``ddp_fork`` too).
+
+    The periodic evaluations have one store, the run folder's ``train_state.json`` (``RunFolder.write_state``):
+    rank zero rewrites it after each evaluation and at the end of training (with the steps and the training time),
+    a resume takes back the rows up to the checkpoint's iteration, and the results are written from it. A checkpoint
+    saved at iteration k is written before the evaluation of k runs (Lightning checkpoints at the end of the batch,
+    then validates) and a resume from it does not repeat that evaluation, so the checkpoint could not hold that row.
 
     After the final test evaluation rank zero adds the thresholds and score statistics to ``last.ckpt`` and writes
     ``metrics.json``, the curve plots, the logger summary and the table; the other ranks wait for it.
+    ``measured`` then holds what ``train()`` returns (the final metrics and, with periodic evaluation, the oracle).
     """
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any], logger: Any = None, log_model: bool = False) -> None:
-        self.run_dir, self.meta, self.logger, self.log_model = Path(run_dir), dict(meta), logger, log_model
+    def __init__(self, folder: RunFolder, meta: dict[str, Any], logger: Any = None, log_model: bool = False) -> None:
+        self.folder, self.meta, self.logger, self.log_model = folder, dict(meta), logger, log_model
         self.durations: dict[str, float] = {"train_s": 0.0, "eval_s": 0.0}
+        self.measured: dict[str, float] = {}
         self._start = 0.0
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
-        log_file, resumed_at = self.run_dir / PERIODIC_LOG, int(pl_module.iteration)
+        resumed_at = int(pl_module.iteration)
         if resumed_at == 0:  # a fresh attempt: an earlier attempt's rows are not this run's
             if trainer.global_rank == 0:
-                log_file.unlink(missing_ok=True)
+                self.folder.clear_state()
+            pl_module.periodic = []
             return
-        known = {row["step"] for row in pl_module.periodic}
-        logged = json.loads(log_file.read_text()) if log_file.is_file() else []
-        missed = [row for row in logged if row["step"] <= resumed_at and row["step"] not in known]
-        pl_module.periodic = sorted([*pl_module.periodic, *missed], key=lambda row: row["step"])
+        pl_module.periodic = self.folder.periodic_rows(until=resumed_at)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_rank == 0 and not trainer.sanity_checking and trainer.state.fn == "fit":
-            write_atomic(self.run_dir / PERIODIC_LOG, json.dumps(pl_module.periodic) + "\n")
+            self.folder.write_state(pl_module.periodic)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Kept in a file: with ddp_spawn/ddp_fork the fit ran in processes that are gone when the test starts.
+        # Kept in the folder: with ddp_spawn/ddp_fork the fit ran in processes that are gone when the test starts.
         if trainer.global_rank == 0:
-            state = {"train_s": round(time.perf_counter() - self._start, 2), "steps": int(pl_module.iteration),
-                     "periodic": list(pl_module.periodic)}
-            write_atomic(self.run_dir / TRAIN_STATE, json.dumps(state) + "\n")
+            self.folder.write_state(pl_module.periodic, steps=pl_module.iteration,
+                                    train_s=round(time.perf_counter() - self._start, 2))
 
     @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -152,10 +149,15 @@ class ResultsWriter(Callback):
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.durations["eval_s"] = round(time.perf_counter() - self._start, 2)
+        state = self.folder.read_state()  # every rank: the periodic rows and steps rank zero stored
+        pl_module.periodic = list(state.get("periodic", pl_module.periodic))
+        oracle = pl_module.oracle()
+        self.measured = {**pl_module.final, **{f"oracle/{k}": float(v) for k, v in (oracle or {}).items()
+                                               if k != "step"}}
         if trainer.global_rank == 0:
-            self._write(trainer, pl_module)  # metrics and summary first (small): a full disk cannot take them
+            self._write(pl_module, state, oracle)  # metrics and summary first (small): a full disk cannot take them
             self._add_extras(pl_module)  # then the large checkpoint
-        trainer.strategy.barrier("urd_results_written")  # other ranks read metrics.json back in train()
+        trainer.strategy.barrier("urd_results_written")
 
     def _add_extras(self, pl_module: LightningModule) -> None:
         """Put the test-set thresholds and score statistics into ``last.ckpt``.
@@ -163,28 +165,24 @@ class ResultsWriter(Callback):
         The file is rewritten rather than saved anew from the trainer, so it keeps the training loops' state exactly
         as it was at the end of training and ``resume=last`` continues from there.
         """
-        path = self.run_dir / "checkpoints" / "last.ckpt"
+        path = self.folder.last_checkpoint
         if not path.is_file():
             return
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         pl_module.on_save_checkpoint(checkpoint)
         AtomicCheckpointIO().save_checkpoint(checkpoint, path)
 
-    def _write(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        state_file = self.run_dir / TRAIN_STATE
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    def _write(self, pl_module: LightningModule, state: dict[str, Any], oracle: dict[str, float] | None) -> None:
         self.durations["train_s"] = float(state.get("train_s", 0.0))
-        pl_module.periodic = state.get("periodic", pl_module.periodic)
-        oracle = pl_module.oracle()
         payload: dict[str, Any] = {**self.meta, "final": pl_module.final, "durations": dict(self.durations),
                                    "steps": int(state.get("steps", pl_module.iteration))}
         if oracle is not None:
             payload["oracle"] = oracle
             payload["periodic"] = pl_module.periodic
-        write_metrics(self.run_dir, payload)
-        curves = plot_curves(self.run_dir, pl_module.curves or {})
+        write_metrics(self.folder, payload)
+        curves = plot_curves(self.folder, pl_module.curves or {})
         log_final(self.logger, pl_module.final, payload["steps"], curves,
-                  self.run_dir / "checkpoints" / "last.ckpt" if self.log_model else None)
+                  self.folder.last_checkpoint if self.log_model else None)
         log_summary(self.logger, {f"final/{k}": v for k, v in pl_module.final.items()}
                     | {f"oracle/{k}": v for k, v in (oracle or {}).items()} | self.durations)
-        print(summary_table(payload, self.run_dir), flush=True)  # the user-facing result of `make train`
+        print(summary_table(payload, self.folder.path), flush=True)  # the user-facing result of `make train`

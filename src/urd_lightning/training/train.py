@@ -8,7 +8,6 @@ Every way of training runs this one path (the lightning-hydra-template's thin en
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -26,12 +25,9 @@ from urd_lightning.config import load_config, read_command_line, to_yaml
 from urd_lightning.config.cli import Command
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import ensure_writable, write_atomic
-from urd_lightning.training.builders import (
-    build_datamodule,
-    build_module,
-    run_dir_of,
-    trainer_kwargs,
-)
+from urd_lightning.run.extras import EXTRAS_KEY, CheckpointExtras
+from urd_lightning.run.folder import RunFolder, RunLock
+from urd_lightning.training.builders import build_datamodule, build_module, trainer_kwargs
 from urd_lightning.training.callbacks import (
     AtomicCheckpointIO,
     EvaluationLine,
@@ -42,6 +38,7 @@ from urd_lightning.training.callbacks import (
 )
 from urd_lightning.training.interrupt import InterruptWatch, TrainingInterrupted, interruption
 from urd_lightning.training.loggers import build_logger, finish, require_logger_package, setup_console_logging
+from urd_lightning.training.module import URDModule
 from urd_lightning.training.preemption import Requeue, resume_path
 from urd_lightning.training.results import ResultsWriter
 from urd_lightning.training.runtime import runtime_info
@@ -56,10 +53,23 @@ def _check_resume_file(cfg: DictConfig, path: str) -> int:
     checkpoint's ``global_step`` (Lightning's optimizer steps).
     """
     checkpoint = load_checkpoint_file(Path(path), mmap=True)
-    if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "loops" not in checkpoint:
+    if not isinstance(checkpoint, dict) or EXTRAS_KEY not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
-                              "'urd_lightning' extras or loop state); give a last.ckpt that training wrote")
+                              f"'{EXTRAS_KEY}' extras or loop state); give a last.ckpt that training wrote")
+    CheckpointExtras.read(path, checkpoint, fix="give a last.ckpt that training wrote")
     return int(checkpoint.get("global_step", 0))
+
+
+def _measured_elsewhere(trainer: Trainer, module: URDModule, folder: RunFolder) -> dict[str, float]:
+    """What a ``ddp_spawn``/``ddp_fork`` run measured: its evaluation ran in processes that are gone.
+
+    Lightning hands their logged values back to this process (the ``test/*`` the module logs); the periodic rows are
+    in the run folder's one store.
+    """
+    final = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    module.periodic = list(folder.read_state().get("periodic", []))
+    oracle = module.oracle() or {}
+    return {**final, **{f"oracle/{k}": float(v) for k, v in oracle.items() if k != "step"}}
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
@@ -82,24 +92,51 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
     # A preempted run's checkpoint cuts an epoch; URDModule.on_train_start continues that epoch's order exactly.
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
-    run_dir = run_dir_of(cfg)
+    folder = RunFolder.of(cfg)
     ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
-    ckpt_path = resume_path(cfg.resume, run_dir)  # null, last, auto (SLURM requeue) or a path
+    ckpt_path = resume_path(cfg.resume, folder)  # null, last, auto (SLURM requeue) or a path
     # A bad resume= file stops here, before anything is built or written.
     resumed_step = _check_resume_file(cfg, ckpt_path) if ckpt_path is not None else None
+    # Rank zero owns the folder: it refuses another config's run of the same name and takes the lock (the other
+    # ranks of a DDP run write into the folder rank zero holds).
+    lock = _claim(cfg, folder, resuming=ckpt_path is not None) if rank_zero_only.rank == 0 else None
+    try:
+        return _train(cfg, folder, ckpt_path, resumed_step, started, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _claim(cfg: DictConfig, folder: RunFolder, resuming: bool) -> RunLock:
+    """Take the run folder for this training: refuse another config's run (or move it aside), then lock it."""
+    replaced = folder.check_reuse(cfg, resuming)  # reads only: a refusal changes nothing
+    holder = f"urd train run={cfg.run}"
+    had_lock = (folder.path / RunFolder.LOCK).is_file()
+    lock = folder.lock(holder)  # a second training into this folder stops here, naming this one
+    if replaced:  # overwrite=true: the old run keeps every file, under _replaced/; the lock moves with it
+        aside = folder.move_aside()
+        moved, lock = lock, folder.lock(holder)
+        moved.release()
+        if not had_lock:  # the old run as it was: without the lock file this attempt added to it
+            (aside / RunFolder.LOCK).unlink(missing_ok=True)
+    return lock
+
+
+def _train(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None, resumed_step: int | None, started: float,
+           callbacks: list[Callback] | None) -> dict[str, float]:
     seed_everything(cfg.seed, workers=True)  # the authors' setup_seed(111): same initial weights on every rank
     torch.backends.cudnn.deterministic = bool(cfg.trainer.deterministic)  # the authors' True with deterministic=true
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     per_iteration = module.steps_per_iteration  # Lightning's global_step counts each optimizer's step
     # A new attempt gets a new W&B run and a new metrics.csv; a resume continues both from the checkpoint's iteration.
-    logger = build_logger(cfg, run_dir, resumed_at=None if resumed_step is None else resumed_step // per_iteration)
+    logger = build_logger(cfg, folder.path, resumed_at=None if resumed_step is None else resumed_step // per_iteration)
     every = int(cfg.eval.every_n_steps)
     kwargs = trainer_kwargs(cfg)  # max_steps in URD iterations: URDModule.setup scales it to optimizer steps
     show_progress = kwargs.pop("enable_progress_bar")  # our bar counts URD iterations over the whole run
     # The run folder is this run's: last.ckpt is always rewritten, never versioned to last-v1.ckpt (which happens
     # when a run resumes from a preemption checkpoint older than the last.ckpt the preempted job wrote).
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+    checkpoint = ModelCheckpoint(dirpath=folder.checkpoints, save_last=True, save_top_k=0,
                                  enable_version_counter=False,
                                  every_n_train_steps=per_iteration * max(1, min(cfg.checkpoint_every_n_steps,
                                                                                   cfg.trainer.max_steps)))
@@ -108,15 +145,15 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         warn_if_disk_small(Path(cfg.output_dir), checkpoint_bytes(module))
     slurm = SLURMEnvironment.detect()
     # Under SLURM our Requeue callback, not Lightning's signal handler, checkpoints and requeues (preemption.py).
-    requeue = Requeue(run_dir) if slurm else None
+    requeue = Requeue(folder.path) if slurm else None
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
             "texture_source": cfg.data.textures,  # dtd (the paper's) | procedural | none (no synthesis)
             "augment": OmegaConf.to_container(cfg.data, resolve=True)["augment"]}  # false | flips | the pipeline
-    results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
+    results = ResultsWriter(folder, meta, logger, log_model=bool(cfg.wandb.log_model))
     watch = InterruptWatch()
     trainer = Trainer(
-        **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
-        callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results, watch,
+        **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(folder.path),
+        callbacks=[checkpoint, PicturePanels(folder.images), EvaluationLine(), results, watch,
                    *([IterationProgress()] if show_progress else []), *([requeue] if requeue else []),
                    *(callbacks or [])],
         enable_progress_bar=False,
@@ -131,11 +168,11 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     runtime = runtime_info(trainer, module, kwargs["deterministic"], kwargs["benchmark"])
     results.meta["runtime"] = runtime
     if rank_zero_only.rank == 0:
-        write_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
+        write_atomic(folder.config, to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
     if logger:
         logger.log_hyperparams({"runtime": runtime})
     # Ctrl+C: Lightning shuts down, then exits with 1; interruption() makes it exit 130 with how to continue.
-    where = {"run_dir": run_dir, "resumed_from": ckpt_path, "started": started, "per_iteration": per_iteration,
+    where = {"folder": folder, "resumed_from": ckpt_path, "started": started, "per_iteration": per_iteration,
              "first_save": max(1, min(cfg.checkpoint_every_n_steps, cfg.trainer.max_steps))}
     with interruption(watch, "training", module, where, cleanup=lambda: finish(logger)):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -147,11 +184,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     finish(logger)
     if checkpoint_io.disk_full is not None:  # the results are written; now say that the checkpoint is not
         raise checkpoint_io.disk_full
-    # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
-    payload = json.loads((run_dir / "metrics.json").read_text())
-    result = {k: float(v) for k, v in payload["final"].items()}
-    result.update({f"oracle/{k}": float(v) for k, v in (payload.get("oracle") or {}).items() if k != "step"})
-    return result
+    return results.measured or _measured_elsewhere(trainer, module, folder)
 
 
 TRAIN = Command(
