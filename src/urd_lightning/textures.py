@@ -1,4 +1,4 @@
-"""Which anomaly textures a run uses: DTD (the paper's source) or the built-in procedural ones (issue 13).
+"""Which anomaly textures a run uses: DTD (the paper's source) or the built-in procedural ones.
 
 The bottom layer beside ``config`` (which resolves ``data.textures`` when it loads a config, so the recorded config and
 a run's identity say which source was used); ``data`` reads DTD's layout from here. No heavy imports.

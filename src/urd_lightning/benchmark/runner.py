@@ -146,7 +146,7 @@ def _visible_gpus() -> int:
 def _run_in_process(job: Job) -> str:
     try:
         train(job.cfg)
-    except Exception as exc:  # noqa: BLE001 — one category's failure must not lose the others (lead's decision)
+    except Exception as exc:  # noqa: BLE001 — one category's failure must not lose the others
         log.exception("category %s failed", job.category)
         return f"{type(exc).__name__}: {exc}"
     return ""
@@ -255,7 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-ALIASES = {"jobs": "--jobs", "gpus": "--gpus"}  # the spelling, `benchmark ... jobs=8 gpus=0,1`: no config keys
+ALIASES = {"jobs": "--jobs", "gpus": "--gpus"}  # also accepted as `benchmark ... jobs=8 gpus=0,1`: no config keys
 
 
 def main(argv: list[str] | None = None) -> int:

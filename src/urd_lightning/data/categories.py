@@ -1,6 +1,6 @@
 """Each benchmark's categories: the community order of results tables and the list a benchmark run covers.
 
-The orders follow the anomalib conventions (docs ecosystem.md §5): MVTec AD lists the five textures first and then
+The orders follow the anomalib conventions: MVTec AD lists the five textures first and then
 the ten objects, each group alphabetical, as anomalib's README tables do; VisA, BTAD and MPDD use their usual
 alphabetical order. The list of a benchmark comes from its dataset file (``configs/data/<benchmark>.yaml``,
 ``categories:``), so the runner and the report agree on what a complete benchmark is.

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# The authors select their reported ("max") numbers on the test set by these sums (urd-method.md §5):
+# The authors select their reported ("max") numbers on the test set by these sums (docs/method.md, "Test-set
+# selection"):
 # pixel AUROC + AUPRO on MVTec, plus image AUROC on VisA. We only use them for the labelled "oracle" numbers.
 ORACLE_KEYS = ("pixel_AUROC", "pixel_AUPRO_per_image")
 ORACLE_KEYS_VISA = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO_per_image")

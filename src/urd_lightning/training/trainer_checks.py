@@ -5,7 +5,7 @@
 same training, or a one-line error that says which Trainer argument to pass:
 
 - ``max_steps`` counts URD iterations: Lightning counts each of the two optimizers' steps, so the limit is scaled
-  here once per Trainer (the paper's budgets are iterations, urd-method.md §5).
+  here once per Trainer (the paper's budgets are iterations, docs/method.md, "Optimizers and budgets").
 - several processes need DDP with ``find_unused_parameters=True`` (two backward passes over disjoint parameters);
 - ``AnomalyDataModule`` shards its data itself, so Lightning must not wrap its samplers a second time.
 """
