@@ -97,7 +97,7 @@ def _path_exists(rel: str, doc: Path) -> bool:
 
 
 def _defines(path: Path, qualname: str) -> bool:
-    """Whether the Python file defines ``qualname`` (a function, class, assignment, or a method/attribute of a class)."""
+    """Whether the Python file defines ``qualname``: a function, class or assignment, or a member of a class."""
     body = ast.parse(path.read_text(encoding="utf-8")).body
     for part in qualname.split("."):
         found = None
