@@ -229,3 +229,31 @@ def test_the_check_sees_a_renamed_path(tmp_path, monkeypatch):
     doc.write_text("`urd_lightning.train.train` `models/urd.py::URD.no_such` `configs/data/nope.yaml` "
                    "`URDModule.no_such` `no_such_module.py` [gone](gone.md) [design](design.md#nowhere)\n")
     assert len(_problems(doc)) == 7, _problems(doc)
+
+
+# What the project must not cite: references that live outside it, issue numbers and who decided. Spelled in
+# pieces so that this file does not match itself.
+FORBIDDEN = re.compile("|".join([r"urd-" + r"method\.md", r"\b[Ii]ssue " + r"#?\d", r"\bthe " + r"lead\b",
+                                 r"\blead" + r"'s\b", "\u00a7", r"ecosystem" + r"\.md", r"launch-" + r"paths\.md",
+                                 r"shared/" + r"(docs|data)/"]))
+TEXT_SUFFIXES = (".py", ".yaml", ".md", ".toml", ".sbatch", ".sh", ".txt", "")
+CITING = ("src", "configs", "experiments", "tests", "docs", ".ci", "Makefile", "README.md", "pyproject.toml")
+
+
+def test_no_comment_cites_an_outside_file_an_issue_or_a_person():
+    files = []
+    for name in CITING:
+        path = ROOT / name
+        files += [path] if path.is_file() else [p for p in sorted(path.rglob("*")) if p.is_file()]
+    hits = []
+    for path in files:
+        if path.suffix not in TEXT_SUFFIXES or "__pycache__" in path.parts:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            if FORBIDDEN.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not hits, "cite docs/method.md or another file of the repository instead:\n" + "\n".join(hits)
