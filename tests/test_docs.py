@@ -14,6 +14,9 @@ What is checked, in inline code and in relative links (fenced code blocks are co
 
 Paths that a run creates (``results/...``, ``checkpoints/last.ckpt``) start with no repository folder and are left
 alone. The authors' own file names, which the method notes mention, are listed in ``OUTSIDE``.
+
+And the other way round: no file of the project cites what is not in it (notes outside the repository, issue
+numbers, who decided).
 """
 
 from __future__ import annotations
