@@ -260,3 +260,27 @@ def test_no_comment_cites_an_outside_file_an_issue_or_a_person():
             if FORBIDDEN.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert not hits, "cite docs/method.md or another file of the repository instead:\n" + "\n".join(hits)
+
+
+def _method_headings() -> set[str]:
+    text = _inline((ROOT / "docs" / "method.md").read_text(encoding="utf-8"))
+    return {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")}
+
+
+def test_citations_of_the_method_name_its_sections():
+    """`docs/method.md, "Section"` and `docs/method.md#anchor` in the code and configs name a section that exists."""
+    headings = _method_headings()
+    slugs = _heading_slugs(ROOT / "docs" / "method.md")
+    cited = re.compile(r'docs/method\.md[,:]\s*"([^"]+)"|docs/method\.md#([\w\-]+)')
+    bad = []
+    for name in ("src", "configs", "experiments", "tests"):
+        for path in sorted((ROOT / name).rglob("*")):
+            if path.suffix not in (".py", ".yaml", ".md") or "__pycache__" in path.parts or path == Path(__file__):
+                continue
+            # A citation may wrap onto the next comment line: join lines, dropping comment markers.
+            text = re.sub(r"\s*\n\s*#?\s*", " ", path.read_text(encoding="utf-8"))
+            for title, anchor in cited.findall(text):
+                ok = (anchor in slugs) if anchor else any(h == title or h.startswith(title + " ") for h in headings)
+                if not ok:
+                    bad.append(f"{path.relative_to(ROOT)}: {title or '#' + anchor}")
+    assert not bad, "docs/method.md has no such section:\n" + "\n".join(bad)
