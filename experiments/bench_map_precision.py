@@ -1,11 +1,11 @@
-"""What bf16 anomaly maps cost in per-image AUPRO, on synthetic maps (issue 13 §1; docs/faithfulness.md).
+"""What bf16 anomaly maps cost in per-image AUPRO, on synthetic maps (docs/faithfulness.md).
 
-Before issue 13 an evaluation under ``bf16-mixed`` autocast computed the map's upsampling, sum and σ = 4 blur in bf16
-(8 mantissa bits: steps of ~0.002-0.004 on map values of 0.3-1). This script builds raw maps shaped like URD's (a
-sum of three ``1 − cos`` levels: a smooth background around 0.4 with low-frequency variation, one or two raised
-elliptic defects per image, ground truth = the defect) at several defect contrasts, and scores each map twice with
-the paper's per-image AUPRO: the fp32 path the code now always takes, and the former bf16 path (raw map rounded to
-bf16, blurred by the same separable kernel in bf16 under CPU autocast, score read back as float).
+Before maps were always fp32 an evaluation under ``bf16-mixed`` autocast computed the map's upsampling, sum and σ = 4
+blur in bf16 (8 mantissa bits: steps of ~0.002-0.004 on map values of 0.3-1). This script builds raw maps shaped like
+URD's (a sum of three ``1 − cos`` levels: a smooth background around 0.4 with low-frequency variation, one or two raised
+elliptic defects per image, ground truth = the defect) at several defect contrasts, and scores each map twice with the
+paper's per-image AUPRO: the fp32 path the code now always takes, and the former bf16 path (raw map rounded to bf16,
+blurred by the same separable kernel in bf16 under CPU autocast, score read back as float).
 
     python experiments/bench_map_precision.py [--images 64] [--size 256] [--seed 0]
 

@@ -1,6 +1,6 @@
 """Parameter counts of the URD network per part and injection, and CPU forward time of the tiny config.
 
-Compares with urd-method.md §1/§9 (counted from the authors' modules: teacher 24.9 M used, student 140.0 M
+Compares with docs/method.md, "Size" (counted from the authors' modules: teacher 24.9 M used, student 140.0 M
 instantiated of which 8.4 M ``bn.conv4/bn4`` always dead and 11.8 M ``conv3x3_simattn`` dead in the branch their
 scripts run). Counts are taken on the meta device (no memory, no weights). Usage:
 

@@ -1,4 +1,4 @@
-"""Predict throughput (images/s) of the exported graph, PyTorch vs ONNX Runtime, at 256² (issue 6).
+"""Predict throughput (images/s) of the exported graph, PyTorch vs ONNX Runtime, at 256².
 
     python experiments/bench_predict.py                                   # resnet18, batch 8, CPU
     python experiments/bench_predict.py --backbones resnet18 wide_resnet50_2.tv_in1k --batch-size 8 --iters 5

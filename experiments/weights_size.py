@@ -1,4 +1,4 @@
-"""How much smaller ``export format=weights`` is than a training checkpoint (issue 14), per backbone.
+"""How much smaller ``export format=weights`` is than a training checkpoint, per backbone.
 
     python experiments/weights_size.py --backbones resnet18 wide_resnet50_2.tv_in1k
     python experiments/weights_size.py --ckpt results/demo/weave/<run>/checkpoints/last.ckpt   # a real file too

@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm otherwise retries the hub f
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
-# --- dataset fixtures (data side, issue 3): tiny trees in every benchmark's real layout, written once per session ---
+# --- dataset fixtures (data side): tiny trees in every benchmark's real layout, written once per session ---
 import pytest  # noqa: E402
 
 from helpers import datasets as _fake  # noqa: E402

@@ -1,4 +1,4 @@
-"""The package's folders are its architecture (issue 10): imports point one way and no file imports itself in a loop.
+"""The package's folders are its architecture: imports point one way and no file imports itself in a loop.
 
 Layers, bottom to top: ``errors``/``config`` -> ``models``, ``data``, ``metrics`` -> ``training`` and ``deploy`` (side
 by side, never importing each other) -> ``benchmark`` -> ``__main__``. Read from the source with ``ast``, so an

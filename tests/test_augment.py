@@ -132,10 +132,10 @@ def test_albumentations_is_imported_without_its_network_version_check():
 
 def test_a_run_records_the_resolved_pipeline_in_config_yaml_and_metrics_json(mvtec_root, tmp_path):
     from helpers.training import train_tiny
-    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.run.folder import RunFolder
 
     cfg, _ = train_tiny(mvtec_root, tmp_path, f"data.augment={CAMERA}")
-    run_dir = run_dir_of(cfg)
+    run_dir = RunFolder.of(cfg).path
     resolved = resolve_augment("camera")
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["augment"] == resolved
     assert json.loads((run_dir / "metrics.json").read_text())["augment"] == resolved
@@ -146,7 +146,7 @@ def test_a_run_with_a_pipeline_resumed_after_two_iterations_equals_four_uninterr
     import torch
 
     from helpers.training import tiny
-    from urd_lightning.training.builders import run_dir_of
+    from urd_lightning.run.folder import RunFolder
     from urd_lightning.training.train import train
 
     # 6 train images, batch 4 -> the resume point (2 iterations) is in the middle of the second epoch.
@@ -158,7 +158,7 @@ def test_a_run_with_a_pipeline_resumed_after_two_iterations_equals_four_uninterr
     train(resumed)
 
     def weights(cfg):
-        state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        state = torch.load(RunFolder.of(cfg).last_checkpoint, map_location="cpu", weights_only=True)
         return {k: v for k, v in state["state_dict"].items() if k.startswith("model.")}
 
     a, b = weights(four), weights(resumed)

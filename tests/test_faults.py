@@ -1,4 +1,4 @@
-"""The fault suite (issue 14): bad inputs a careful user tries, each answered by one line and nothing lost.
+"""The fault suite: bad inputs a careful user tries, each answered by one line and nothing lost.
 
 Every test runs the command line (``urd_lightning.__main__.main``) and asserts the exit code, the one-line
 message, that no traceback reached the user, and that every file that existed before is unchanged. Tests that train

@@ -1,6 +1,6 @@
 """The Makefile's choice of interpreter, tested with a stand-in ``python3`` on PATH (no real venv, no install).
 
-Rule (issue 12): ``PYTHON=...`` wins; inside an active venv or conda env its ``python3``; else the project-local
+Rule: ``PYTHON=...`` wins; inside an active venv or conda env its ``python3``; else the project-local
 ``.venv/``, created with ``python3 -m venv`` when missing, or one line naming python3-venv when that cannot work.
 """
 

@@ -1,6 +1,6 @@
-"""The paper's constants, each pinned by its literal value (issue 13 §4), not by the module's own names.
+"""The paper's constants, each pinned by its literal value, not by the module's own names.
 
-Each test restates a detail from urd-method.md §4/§6 with the number written out (Perlin threshold 0.5, scales
+Each test restates a detail from docs/method.md with the number written out (Perlin threshold 0.5, scales
 2^0..2^5, rotation ±90°, β ~ U(0, 0.8), σ = 4, image score = max, FPR limit 0.3, 200 thresholds, ``score > t``),
 so changing a constant in the code makes a test fail instead of moving the test with it.
 """
@@ -23,7 +23,7 @@ SEEDS = range(24)
 
 
 def paper_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """urd-method.md §4 with literals: t_x, t_y ∈ {0..5}, rotation U(−90°, 90°), bilinear, 0 fill, noise > 0.5."""
+    """Synthesis with literals: t_x, t_y ∈ {0..5}, rotation U(−90°, 90°), bilinear, 0 fill, noise > 0.5."""
     ty, tx = rng.integers(0, 6, size=2)  # scales 2^0 .. 2^5
     noise = perlin_noise((size, size), (2 ** int(ty), 2 ** int(tx)), rng)
     angle = rng.uniform(-90.0, 90.0)

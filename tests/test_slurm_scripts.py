@@ -1,4 +1,4 @@
-"""experiments/slurm/*.sbatch: they start from a fresh clone and are preemption-safe (issue 11).
+"""experiments/slurm/*.sbatch: they start from a fresh clone and are preemption-safe.
 
 SLURM opens the ``--output`` file before the script runs, so its folder must already exist in a fresh clone; the
 training scripts ask for the warning signal the ``Requeue`` callback handles, may be requeued, and resume.

@@ -5,7 +5,7 @@ that tell the user to allow arbitrary code. Here every failure becomes one :clas
 which of three things is wrong: the file is not a checkpoint at all (random or foreign bytes), it is damaged
 (truncated zip), or it names Python objects that safe loading refuses (listed by name, found without running them).
 
-A weights-only file (``export format=weights``, issue 14) is a safetensors file: the inference weights (teacher
+A weights-only file (``export format=weights``) is a safetensors file: the inference weights (teacher
 and student, no expert, no optimizer or loop state) under their Lightning ``state_dict`` names, and the
 extras (``run/extras.py``) as JSON in its string metadata under ``EXTRAS_KEY``. :func:`load_inference_file` reads
 either kind into the same ``{"state_dict", EXTRAS_KEY}`` dict, so ``test`` and ``predict`` need no second code path.

@@ -1,4 +1,4 @@
-"""Pixel cache (issue 15 §1): cached items equal uncached ones, workers share one file, keys follow the content;
+"""Pixel cache: cached items equal uncached ones, workers share one file, keys follow the content;
 and the faster Perlin noise is the per-pixel formula bit for bit."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DTD, the paper's anomaly source (issue 13 §2): download from a local fake archive, found by default, checked,
+"""DTD, the paper's anomaly source: download from a local fake archive, found by default, checked,
 and the texture source recorded wherever results are read and in a run's identity. No network."""
 
 from __future__ import annotations

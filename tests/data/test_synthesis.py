@@ -1,4 +1,4 @@
-"""Anomaly synthesis (urd-method.md section 4): seeded determinism, binary masks, untouched pixels, foreground."""
+"""Anomaly synthesis (docs/method.md): seeded determinism, binary masks, untouched pixels, foreground."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loader and foreground workers never hang, whatever OpenCV did in the training process first (issue 14).
+"""Loader and foreground workers never hang, whatever OpenCV did in the training process first.
 
 A worker forked after the main process used OpenCV's thread pool blocked forever in ``cv2.setNumThreads``. Each
 case runs in a fresh interpreter (the pytest process's own thread state must not decide the outcome) under a
@@ -48,7 +48,7 @@ def test_loader_workers_start_after_grabcut_ran_in_this_process(mvtec_root, tmp_
 
 
 def test_train_with_grabcut_on_empty_cache_and_periodic_eval_across_epochs(mvtec_root, tmp_path):
-    # The issue's two reproductions in one run: grabcut foregrounds on an empty cache with two loader workers, and
+    # The two original failures in one run: grabcut foregrounds on an empty cache with two loader workers, and
     # periodic evaluation (eval.every_n_steps=2) before the epoch boundary (6 images / batch 2 = 3 per epoch).
     code = f"""
         from urd_lightning.training.train import main

@@ -1,4 +1,4 @@
-"""export: ONNX and TorchScript graphs normalised image → (smoothed map, score), parity ≤ 1e-4 (issue 6).
+"""export: ONNX and TorchScript graphs normalised image → (smoothed map, score), parity ≤ 1e-4.
 
 Tiny model (resnet18, random weights, 32 px). Besides the parity check export runs itself, each test re-runs the
 exported file on fresh inputs at batch 1 and 3 against the in-memory network that wrote the checkpoint.

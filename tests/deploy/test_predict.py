@@ -1,4 +1,4 @@
-"""predict: checkpoint loading, images of any mode, outputs, thresholds, normalisation (issue 6).
+"""predict: checkpoint loading, images of any mode, outputs, thresholds, normalisation.
 
 Tiny model (resnet18, random weights, 32 px). Reference scores come from the in-memory network that wrote the
 checkpoint (expert included), fed through the evaluation transforms — so they check the save/load round trip,

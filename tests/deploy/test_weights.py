@@ -1,4 +1,4 @@
-"""export format=weights: a weights-only .safetensors that predict, the Python API and test read (issue 14).
+"""export format=weights: a weights-only .safetensors that predict, the Python API and test read.
 
 The file must give exactly what the .ckpt gives (same maps, scores, metrics, bit for bit) while holding only the
 teacher's and student's weights and the extras: no expert, no optimizer or loop state.

@@ -1,4 +1,4 @@
-"""A small reader of W&B's run file (``run-<id>.wandb``), written from its format (docs: launch-paths.md).
+"""A small reader of W&B's run file (``run-<id>.wandb``), written from its published format.
 
 The file is a 7-byte header starting ``:W&B`` followed by LevelDB-log blocks of 32 KiB; each record has a 7-byte
 header (crc32 u32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last) and the assembled payload is a

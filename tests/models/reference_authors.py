@@ -1,4 +1,4 @@
-"""An independent functional re-statement of the authors' inference path, written from urd-method.md §1.1–1.5, §6.
+"""An independent functional re-statement of the authors' inference path, written from docs/method.md.
 
 It runs directly on a checkpoint in the authors' key layout (``{'teacher': ..., 'student': ...}``) with plain
 ``torch.nn.functional`` calls and knows nothing about this project's modules, so a wrong key mapping or a wrong

@@ -1,4 +1,4 @@
-"""Gaussian smoothing against scipy.ndimage.gaussian_filter(sigma=4) and the summed 1 − cos map (method §6)."""
+"""Gaussian smoothing against scipy.ndimage.gaussian_filter(sigma=4) and the summed 1 − cos map (docs/method.md)."""
 
 import numpy as np
 import pytest
@@ -83,7 +83,7 @@ def _features(dtype=torch.float32):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32-features", "bf16-features"])
 def test_map_and_score_are_fp32_under_bf16_autocast(dtype):
-    # Issue 13: whatever precision the network ran in, map, blur and score are computed in fp32. The reference runs
+    # Whatever precision the network ran in, map, blur and score are computed in fp32. The reference runs
     # outside autocast on the same features cast to fp32, so it does not depend on the guard under test.
     teacher, student = _features(dtype)
     blur = GaussianBlur2d()

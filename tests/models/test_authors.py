@@ -1,4 +1,4 @@
-"""Import of checkpoints in the authors' key layout (shared/data/authors-checkpoint-keys.json), method §1–2."""
+"""Import of checkpoints in the authors' key layout (tests/golden/authors-checkpoint-keys.json), docs/method.md."""
 
 import importlib.util
 import json
@@ -11,8 +11,7 @@ from urd_lightning.errors import CheckpointError
 from urd_lightning.models import URD, load_authors_checkpoint, save_authors_checkpoint
 from urd_lightning.models.authors import authors_state_dicts
 
-# A copy of shared/data/authors-checkpoint-keys.json (measured from the authors' modules), kept in the repo so the
-# test runs from any clone.
+# Keys and shapes measured from the authors' modules, kept in the repo so the test runs from any clone.
 KEYS_JSON = Path(__file__).resolve().parents[1] / "golden" / "authors-checkpoint-keys.json"
 
 

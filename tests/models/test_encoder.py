@@ -1,4 +1,4 @@
-"""Encoder weights: local files with torchvision or timm names, and fast, clear failures offline (method §1.1)."""
+"""Encoder weights: local files with torchvision or timm names, and fast, clear failures offline."""
 
 import time
 

@@ -1,4 +1,4 @@
-"""Losses against hand-computed values on tiny tensors (method §3.1, §3.2, §3.4, §8)."""
+"""Losses against hand-computed values on tiny tensors (docs/method.md, "Losses")."""
 
 import math
 

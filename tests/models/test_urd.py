@@ -1,4 +1,4 @@
-"""The URD network on a tiny resnet18 (method §1, §3.3, §8): shapes, gradients, frozen expert, options."""
+"""The URD network on a tiny resnet18 (docs/method.md): shapes, gradients, frozen expert, options."""
 
 import copy
 import functools
@@ -83,7 +83,7 @@ def test_training_step_gradients_and_frozen_expert(injection, batch):
                 m.weight.fill_(1.0)
     expert_buffers = {k: v.clone() for k, v in net.expert.state_dict().items()}
     e_n, e_a = net.expert_features(x), net.expert_features(x_aug)
-    # teacher step (§3.3): train-mode teacher, gradients reach every teacher parameter
+    # teacher step: train-mode teacher, gradients reach every teacher parameter
     loss_t = total(teacher_loss(net.teacher_features(x), net.teacher_features(x_aug), e_n, e_a, mask))
     loss_t.backward()
     for name, p in net.teacher.named_parameters():
@@ -167,7 +167,7 @@ def test_config_records_the_injection():
 
 
 def test_gii_similarity_carries_no_gradient(batch):
-    """§1.5: s = cos(A, T3) is a constant of the backward pass (no_grad on the detached student feature).
+    """GII: s = cos(A, T3) is a constant of the backward pass (no_grad on the detached student feature).
 
     The gradients of the mix s·F + (1 − s)·A are then exactly (1 − s)·g into A and s·g into F, and into T3 only
     through F and A. Computing s with gradient adds ∂s/∂A and ∂s/∂T3 terms, which these equalities catch.

@@ -1,4 +1,4 @@
-"""A ``bf16-mixed`` run evaluates in fp32 (issue 13 §1: fp32 maps; issue 15: bf16 is the CPU default where the CPU
+"""A ``bf16-mixed`` run evaluates in fp32 (fp32 maps; bf16 is the CPU default where the CPU
 has bf16 instructions, and predict reproduces the test stage's scores only if both run the network in fp32).
 
 The network's features during ``trainer.test`` under Lightning's CPU bf16 autocast are fp32, and every metric and

@@ -1,10 +1,11 @@
-"""One full URD training iteration against an independent functional statement of the authors' (issue 13 §4).
+"""One full URD training iteration against an independent functional statement of the authors'.
 
-The reference below is written from urd-method.md §3.1–3.3 only (no project losses, no optimizer class): expert
-features in eval mode without gradient; teacher step in train mode (BatchNorm statistics updated by T(x) and by T(x̃));
-teacher re-forward in eval mode with the updated weights; student step in train mode on those detached features,
-reusing the expert features; one Adam step each, written out. The module runs the same batch through Lightning; the
-gradients, the parameters after both steps and every BatchNorm buffer must agree, for ``gii`` and ``concat``.
+The reference below is written from docs/method.md, "Losses" and "The training step" only (no project losses, no
+optimizer class): expert features in eval mode without gradient; teacher step in train mode (BatchNorm statistics
+updated by T(x) and by T(x̃)); teacher re-forward in eval mode with the updated weights; student step in train mode on
+those detached features, reusing the expert features; one Adam step each, written out. The module runs the same batch
+through Lightning; the gradients, the parameters after both steps and every BatchNorm buffer must agree, for ``gii`` and
+``concat``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def cos_flat(a, b):
 
 
 def level_masks(mask, sizes):
-    """§3.1: bilinear (align_corners=True) to each level, binarised at 0.5, each level from the previous one."""
+    """Masks: bilinear (align_corners=True) to each level, binarised at 0.5, each level from the previous one."""
     out = []
     for size in sizes:
         mask = (F.interpolate(mask, size=size, mode="bilinear", align_corners=True) >= 0.5).float()

@@ -32,7 +32,7 @@ def cli_train(args, cwd):
 
 @pytest.mark.ddp
 def test_two_devices_without_a_strategy_key_train_like_explicit_ddp(mvtec_root, tmp_path):
-    """The issue's reproduction: `trainer.devices=2` alone crashed with DDP's unused-parameters error."""
+    """The original failure: `trainer.devices=2` alone crashed with DDP's unused-parameters error."""
     common = tiny(mvtec_root, tmp_path, "trainer.devices=2", "trainer.max_steps=2", "data.train_batch_size=3")
     results = {}
     for name, extra in {"auto": [], "ddp": ["trainer.strategy=ddp"]}.items():

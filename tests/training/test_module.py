@@ -1,5 +1,5 @@
-"""URDModule's training iteration (urd-method.md §3.3) on random tensors: what moves, what stays frozen, in which
-mode each part runs, and what the checkpoint carries."""
+"""URDModule's training iteration (docs/method.md, "The training step") on random tensors: what moves, what stays
+frozen, in which mode each part runs, and what the checkpoint carries."""
 
 import copy
 

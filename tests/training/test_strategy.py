@@ -1,4 +1,4 @@
-"""Which strategy a run gets, and a stock ``lightning.Trainer`` with ``URDModule`` (issue 11, multi-device defaults).
+"""Which strategy a run gets, and a stock ``lightning.Trainer`` with ``URDModule`` (multi-device defaults).
 
 Every run of more than one process needs DDP with find_unused_parameters=True (two backward passes per iteration);
 the 2-process runs themselves are in ``test_launch_ddp.py`` (marker ``ddp``).

@@ -30,7 +30,7 @@ def test_train_smoke_writes_results_tree(mvtec_root, tmp_path):
     assert payload["final"] == pytest.approx(metrics) and payload["steps"] == 1 and "oracle" not in payload
     assert {"dataset", "category", "run", "injection", "durations"} <= set(payload)
     precision = "bf16-mixed" if native_bf16(cuda=False) else "32-true"  # trainer.precision: null, on this CPU
-    assert payload["texture_source"] == cfg.data.textures in ("dtd", "procedural")  # issue 13: said where read
+    assert payload["texture_source"] == cfg.data.textures in ("dtd", "procedural")  # said where read
     assert (run / "config.yaml").is_file() and (run / "roc_curve.png").is_file() and (run / "pro_curve.png").is_file()
     # How it ran, effective values (the config's precision/channels_last are null = "pick for the hardware").
     runtime = payload["runtime"]  # one block: every fact once (no second "execution" block)

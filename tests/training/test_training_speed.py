@@ -1,4 +1,4 @@
-"""The training step does no avoidable work and its speed settings are honest (issue 15, section 2).
+"""The training step does no avoidable work and its speed settings are honest.
 
 - the expert's forwards of x and x~ and the teacher's eval-mode re-forwards run as one forward of the 2B batch, which
   equals the separate forwards (eval mode: no batch statistics); the train-mode forwards stay separate;

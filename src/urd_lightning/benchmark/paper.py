@@ -1,14 +1,15 @@
 """The URD paper's published means and their caveats, for results tables.
 
 The published means are those of Liu et al., "Unlocking the Potential of Reverse
-Distillation for Anomaly Detection" (AAAI 2025), as collected in urd-method.md §7. The per-category tables of the
-paper were not available, so only means can be compared.
+Distillation for Anomaly Detection" (AAAI 2025), as listed in docs/method.md, "Published numbers". The
+per-category tables of the paper were not available, so only means can be compared.
 """
 
 from __future__ import annotations
 
 # The paper's means in [0, 1] (Papers with Code values / 100). The paper's AUPRO is the per-image protocol of RD4AD
-# (urd-method.md §6), so it is stored under our name for that protocol, ``pixel_AUPRO_per_image``. MPDD: no numbers.
+# (docs/method.md, "Per-image AUPRO"), so it is stored under our name for that protocol,
+# ``pixel_AUPRO_per_image``. MPDD: no numbers.
 PAPER_MEANS: dict[str, dict[str, float]] = {
     "mvtec": {"image_AUROC": 0.992, "pixel_AUROC": 0.990, "pixel_AUPRO_per_image": 0.963, "pixel_AP": 0.724},
     "visa": {"image_AUROC": 0.965, "pixel_AUROC": 0.991, "pixel_AUPRO_per_image": 0.951},

@@ -1,10 +1,10 @@
 """Plots for a results report: per-category bars and the ROC / PRO curves of every category on one page.
 
-Bars show our final-iteration metrics per category with the paper's published means (urd-method.md §7) as dashed
-lines. Curves: when a run folder holds ``curves.json`` (``{"roc": {"fpr": [...], "tpr": [...]},
-"pro": {"fpr": [...], "pro": [...]}}``) all categories are overlaid on one axis; otherwise the per-run
-``roc_curve.png`` / ``pro_curve.png`` that training writes (docs/design.md, "results") are tiled into one sheet.
-Matplotlib runs headless (Agg).
+Bars show our final-iteration metrics per category with the paper's published means (docs/method.md, "Published
+numbers") as dashed lines. Curves: when a run folder holds ``curves.json`` (``{"roc": {"fpr": [...], "tpr": [...]},
+"pro": {"fpr": [...], "pro": [...]}}``) all categories are overlaid on one axis; otherwise the per-run ``roc_curve.png``
+/ ``pro_curve.png`` that training writes (docs/design.md, "results") are tiled into one sheet. Matplotlib runs headless
+(Agg).
 """
 
 from __future__ import annotations

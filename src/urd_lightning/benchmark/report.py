@@ -36,7 +36,7 @@ TABLE_COLUMNS: dict[str, str] = {
     "pixel_AUPRO": "AUPRO pooled (MVTec official)",
     "pixel_AP": "pixel AP",
 }
-PROCEDURAL_MARK = "†"  # rows trained on procedural textures instead of the paper's DTD (issue 13)
+PROCEDURAL_MARK = "†"  # rows trained on procedural textures instead of the paper's DTD
 
 
 def texture_source(record: RunRecord) -> str | None:

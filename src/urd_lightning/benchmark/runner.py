@@ -141,7 +141,7 @@ def _visible_gpus() -> int:
 def _run_in_process(job: Job) -> str:
     try:
         train(job.cfg)
-    except Exception as exc:  # noqa: BLE001 — one category's failure must not lose the others (lead's decision)
+    except Exception as exc:  # noqa: BLE001 — one category's failure must not lose the others
         log.exception("category %s failed", job.category)
         return f"{type(exc).__name__}: {exc}"
     return ""

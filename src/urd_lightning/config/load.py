@@ -1,7 +1,7 @@
 """Typed configuration: the schema, loading with overrides, and ``print-config``.
 
 Layers, later wins: ``configs/default.yaml`` ← ``configs/data/<dataset>.yaml`` (its ``data:`` block, optional
-``model:``/``trainer:`` blocks, and the ``categories:`` table of the authors' per-category budgets, urd-method.md §5)
+``model:``/``trainer:`` blocks, and the ``categories:`` table of the authors' per-category budgets, docs/method.md)
 ← optional ``configs/experiment/<name>.yaml`` ← ``key=value`` dotlist (the form W&B's ``${args_no_hyphens}`` gives).
 The files are the package's (``files.py``), with a user's ``config_dir=PATH`` (or ``URD_CONFIG_DIR``) folder
 of ``data/`` and ``experiment/`` files layered on top. Loading is pure — the same argv gives the same config on every
@@ -179,7 +179,7 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
             raise ConfigError(
                 f"unknown category '{category}' for dataset '{dataset}'; valid: {', '.join(map(str, categories))}"
             )
-        # The authors' per-category iteration budget and foreground method (urd-method.md §4-5), unless overridden.
+        # The authors' per-category iteration budget and foreground method (docs/method.md), unless overridden.
         chosen = categories[category] or {}
         if "max_steps" in chosen and not _has(user, "trainer.max_steps"):
             cfg.trainer.max_steps = int(chosen["max_steps"])
@@ -201,7 +201,7 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     if cfg.data.seed is None:  # the data follow the run's seed, as the authors' one setup_seed(111) does
         cfg.data.seed = int(cfg.seed)
     check_ranges(cfg, here)  # values within their ranges, before anything is built or written (ranges.py)
-    # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity (issue 13).
+    # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity.
     cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)
     # The pipeline itself, not a file name, is recorded and hashed into the run's identity (config/augment.py).
     cfg.data.augment = resolve_augment(OmegaConf.to_container(cfg.data, resolve=True)["augment"], roots)

@@ -1,4 +1,4 @@
-"""Allowed ranges of the numeric config keys, checked when the config is loaded (issue 14).
+"""Allowed ranges of the numeric config keys, checked when the config is loaded.
 
 The schema (``schema.py``, applied by ``load.py``) checks types; these checks catch values of the right type that
 cannot work (``optim.lr_student=-1``, ``data.image_size=100``), before anything is built or written, with one line that

@@ -71,7 +71,7 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
-    """The two Adam optimizers (urd-method.md §5)."""
+    """The two Adam optimizers (docs/method.md, "Optimizers and budgets")."""
 
     lr_teacher: float = 1e-4
     lr_student: float = 5e-3

@@ -1,4 +1,4 @@
-"""Which anomaly textures a run uses: DTD (the paper's source) or the built-in procedural ones (issue 13).
+"""Which anomaly textures a run uses: DTD (the paper's source) or the built-in procedural ones.
 
 Part of the bottom layer, ``config``, which resolves ``data.textures`` when it loads a config (so the recorded config
 and a run's identity say which source was used); ``data`` reads DTD's layout from here. No heavy imports.

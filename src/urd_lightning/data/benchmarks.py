@@ -9,7 +9,7 @@ lists files; reading and validating them is ``check.py``'s job. Layouts and quir
   or the MVTec-like converted layout (``test/bad``, ``ground_truth/bad/<stem>.png``), also under ``visa_pytorch/``.
 - BTAD: ``train/ok``, ``test/ok|ko``, ``ground_truth/ko``; images and masks differ in extension (bmp/png): pair by stem.
 - Folder: the user's own directories (normal, optional abnormal, masks, normal-test).
-Label 0 = normal, 1 = anomalous, as the community uses them (ecosystem.md section 5).
+Label 0 = normal, 1 = anomalous, as the community (anomalib) uses them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Benchmark-specific code lives only in the index functions of ``benchmarks.py``; per-category settings (foreground
 method, iteration budget) live in ``configs/data/<benchmark>.yaml`` and arrive here resolved by ``load_config``: the
 data layer never reads a config file. The validation loader is the TEST set, used for
-periodic evaluation as the authors do (urd-method.md section 5); there is no separate validation split.
+periodic evaluation as the authors do (docs/method.md, "Test-set selection"); there is no separate validation split.
 
 Loaders are built here and only here, including under DDP (the trainer runs with ``use_distributed_sampler=False``):
 training uses ``TrainSampler`` (seed + epoch shuffle, equal step counts per rank), evaluation uses ``ShardSampler``

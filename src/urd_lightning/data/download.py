@@ -4,7 +4,7 @@ URLs and sha256 sums are the public ones also used by anomalib's datamodules (MV
 model (DTD, the anomaly textures). MPDD has no archive with a published checksum: the command prints where to get
 it and the tree to put it in. Extraction refuses any member that would land outside the root: absolute paths,
 ``..`` components, links pointing out, device files. Nothing is downloaded implicitly: training only checks the
-data (see ecosystem.md, "work offline first").
+data (work offline first).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Foreground masks that keep synthetic anomalies on the object, cached on disk.
 
-Follows urd-method.md section 4 (authors' ``train.py`` category lists and ``get_forehead_mask``):
+Follows docs/method.md, "Foreground masks" (authors' ``train.py`` category lists and ``get_forehead_mask``):
 - ``otsu`` (MVTec capsule, screw): grayscale, Otsu threshold, inverted binary: darker pixels are the object;
 - ``grabcut`` (other MVTec objects, all of VisA): rect (1, 1, w−1, h−1), 11 iterations, foreground = FGD ∪ PR_FGD;
 - ``none`` (textures, transistor): no restriction.

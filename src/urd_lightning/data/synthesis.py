@@ -1,6 +1,6 @@
 """Synthetic anomalies for training: Perlin-noise masks filled with a foreign texture.
 
-Follows urd-method.md section 4 (authors' ``dataset/dataset_noise.py`` and ``utils/perlin.py``):
+Follows docs/method.md, "Synthetic anomalies" (authors' ``dataset/dataset_noise.py`` and ``utils/perlin.py``):
 - Perlin scales 2^t_x × 2^t_y periods with t_x, t_y drawn independently from {0..5};
 - the noise is rotated by an angle in [-90°, 90°] (the authors use imgaug ``Affine``; here cv2, bilinear,
   constant-0 fill, imgaug's defaults) and thresholded at > 0.5;

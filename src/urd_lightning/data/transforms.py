@@ -1,6 +1,6 @@
 """Reading images and masks, resizing to the model size, ImageNet normalisation.
 
-Follows the authors' pipeline (urd-method.md section 4): RGB → resize to the model size → [0,1] → Normalize with
+Follows the authors' pipeline (docs/method.md, "Images"): RGB → resize to the model size → [0,1] → Normalize with
 ImageNet mean/std; masks resized the same way then binarised at 0.5.
 
 Two resize methods (``data.resize``):

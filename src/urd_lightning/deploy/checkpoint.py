@@ -1,4 +1,4 @@
-"""Safe loading of urd-lightning checkpoints for inference and export (issue 6).
+"""Safe loading of urd-lightning checkpoints for inference and export.
 
 A checkpoint is the Lightning file ``URDModule`` writes (``docs/design.md``, "checkpoints"): the network's weights
 under the ``model.`` prefix of ``state_dict`` and, under ``checkpoint[EXTRAS_KEY]``, plain-Python extras
@@ -10,7 +10,7 @@ under the ``model.`` prefix of ``state_dict`` and, under ``checkpoint[EXTRAS_KEY
 2. The extras are validated; a file that is not one of ours, or is truncated, raises :class:`CheckpointError`
    before anything else happens.
 3. ``URD(**extras["model"])`` is rebuilt with ``pretrained=False`` (the weights come from the file, the hub is
-   never touched) and without the expert, which URD uses only during training (method reference §1.1).
+   never touched) and without the expert, which URD uses only during training (docs/method.md, "Expert and teacher").
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def save_weights(ckpt: str | Path, output: str | Path, trust_checkpoint: bool = 
     """Write the weights-only ``.safetensors`` of a checkpoint: what ``predict`` and ``test`` need, nothing else.
 
     Kept: the teacher's and the student's weights and buffers under their ``state_dict`` names, and the
-    ``urd_lightning`` extras (as JSON metadata). Dropped: the expert (it only supervises training, method §1.1),
+    ``urd_lightning`` extras (as JSON metadata). Dropped: the expert (it only supervises training, docs/method.md),
     the optimizer states and the loop state, which make up most of a training checkpoint.
     """
     extras, state = _load(Path(ckpt), trust_checkpoint)
@@ -109,7 +109,7 @@ def build_inference_model(state: dict[str, torch.Tensor], info: CheckpointInfo) 
     """
     from urd_lightning.models import URD  # deferred: importing timm takes seconds, and errors above need none
 
-    # The expert only supervises training; at inference the map compares teacher and student (method §6).
+    # The expert only supervises training; at inference the map compares teacher and student (docs/method.md).
     # `expert=False` implies `train_teacher=False` (design.md, ablations); neither changes teacher or student.
     kwargs = {**info.model_kwargs, "pretrained": False, "checkpoint": None, "expert": False, "train_teacher": False}
     try:

@@ -1,14 +1,14 @@
-"""``urd export``: one deployable graph, normalised image → (smoothed map, score) (issue 6).
+"""``urd export``: one deployable graph, normalised image → (smoothed map, score).
 
     urd export ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt format=onnx
     urd export ckpt=last.ckpt format=torchscript output=bottle.pt
     urd export ckpt=last.ckpt format=weights       # last.safetensors, for predict and test
 
 The graph holds the teacher and the student only (the expert supervises training and is not needed to score,
-method reference §1.1) and ends with the σ=4 Gaussian smoothing, which is a separable convolution with a fixed
-kernel in ``models/anomaly_map.py`` and so exports as plain convolutions. Input ``image``: ``(B, 3, S, S)``
-ImageNet-normalised float32, ``S`` the checkpoint's image size, dynamic ``B``. Outputs ``anomaly_map``
-``(B, 1, S, S)`` and ``pred_score`` ``(B,)``, both raw.
+docs/method.md, "Expert and teacher") and ends with the σ=4 Gaussian smoothing, which is a separable convolution with a
+fixed kernel in ``models/anomaly_map.py`` and so exports as plain convolutions. Input ``image``: ``(B, 3, S, S)``
+ImageNet-normalised float32, ``S`` the checkpoint's image size, dynamic ``B``. Outputs ``anomaly_map`` ``(B, 1, S, S)``
+and ``pred_score`` ``(B,)``, both raw.
 
 Every export is checked against PyTorch on batches of 1 and 3 (ONNX through onnxruntime on the CPU, TorchScript by
 reloading the saved file); a maximum absolute difference above 1e-4 deletes the file and raises
@@ -43,9 +43,9 @@ from urd_lightning.run.extras import EXTRAS_KEY
 
 log = logging.getLogger(__name__)
 
-PARITY_TOLERANCE = 1e-4  # max abs difference to PyTorch the issue allows, on maps and scores
+PARITY_TOLERANCE = 1e-4  # max abs difference to PyTorch accepted at export, on maps and scores
 PARITY_BATCH_SIZES = (1, 3)  # 1 and a batch other than the trace's, to prove the batch axis is dynamic
-DEFAULT_OPSET = 17  # lowest opset the lead allows; reflect padding and every op used exist since opset 11
+DEFAULT_OPSET = 17  # the lowest opset accepted and tested; reflect padding and every op used exist since opset 11
 INPUT_NAME, OUTPUT_NAMES = "image", ("anomaly_map", "pred_score")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".safetensors"}
 

@@ -1,13 +1,13 @@
-"""Python inference API: load a checkpoint, predict a batch (issue 6).
+"""Python inference API: load a checkpoint, predict a batch.
 
     from urd_lightning.deploy.inference import URDInferencer
     inferencer = URDInferencer.from_checkpoint("results/mvtec/bottle/run/checkpoints/last.ckpt")
     result = inferencer.predict_images(["a.png", "b.jpg"])      # or .predict(normalised_batch)
     result.pred_score, result.pred_label, result.anomaly_map    # raw score, decision, (B,1,S,S) smoothed map
 
-Scores follow the paper's evaluation (method reference §6): the map is the sum over three levels of 1 − cos(S, T),
-upsampled to the input size and Gaussian-smoothed (σ=4); the image score is its maximum. Decisions use the
-F1-optimal thresholds that training stored in the checkpoint (or ``threshold=`` overrides), with ``score >=
+Scores follow the paper's evaluation (docs/method.md, "Anomaly map and score"): the map is the sum over three levels of
+1 − cos(S, T), upsampled to the input size and Gaussian-smoothed (σ=4); the image score is its maximum. Decisions use
+the F1-optimal thresholds that training stored in the checkpoint (or ``threshold=`` overrides), with ``score >=
 threshold`` meaning anomalous.
 
 Normalised scores use anomalib's convention so that numbers mean the same in both tools::

@@ -1,4 +1,4 @@
-"""What ``predict`` writes for each image and for the whole run (issue 6).
+"""What ``predict`` writes for each image and for the whole run.
 
 Per image, at the image's original size: a heatmap overlay PNG (the map drawn with the JET colour map over the
 image, the predicted-mask outline on top) and a binary mask PNG (0/255); at model resolution, the raw smoothed map

@@ -1,9 +1,9 @@
-"""``urd predict``: score new images with a trained checkpoint (issue 6).
+"""``urd predict``: score new images with a trained checkpoint.
 
     urd predict ckpt=results/mvtec/bottle/run/checkpoints/last.ckpt input=photos/ output=out/
     urd predict ckpt=last.ckpt input=part.tif output=out/ threshold=0.62 score=normalized
 
-For every image: a raw score (maximum of the σ=4-smoothed anomaly map, method reference §6), its normalised form,
+For every image: a raw score (maximum of the σ=4-smoothed anomaly map, docs/method.md), its normalised form,
 a decision at the image threshold, the map (``maps/*.npy``, model resolution), a heatmap overlay and a binary mask
 at the original size (``overlays/*.png``, ``masks/*.png``); for the run ``results.csv`` and ``results.json``.
 Images of any size and mode are read by :func:`urd_lightning.data.transforms.read_rgb` and preprocessed exactly as

@@ -1,11 +1,11 @@
 """``AnomalyMetrics``: every image- and pixel-level metric of one evaluation in one Metric, pixels stored once.
 
-Computes what URD's ``train.py::test`` reports and what MVTec AD defines (urd-method.md section 6): image score =
-max of the (smoothed) map unless given, image label = max of the mask unless given; AUROC, step-wise AP and F1-max at
-image and pixel level, the pooled AUPRO (``pixel_AUPRO``, MVTec official) and the per-image AUPRO the papers report
-(``pixel_AUPRO_per_image``). One store of pixel scores feeds all pixel metrics: 4 bytes per pixel (+4 per anomalous
-pixel), where separate torchmetrics ``BinaryAUROC`` / ``BinaryAveragePrecision`` objects would each keep a float and
-an int64 target per pixel. Memory, binning and DDP behaviour are those of ``aupro.PooledPixelStore``.
+Computes what URD's ``train.py::test`` reports and what MVTec AD defines (docs/method.md, "Evaluation protocols"): image
+score = max of the (smoothed) map unless given, image label = max of the mask unless given; AUROC, step-wise AP and
+F1-max at image and pixel level, the pooled AUPRO (``pixel_AUPRO``, MVTec official) and the per-image AUPRO the papers
+report (``pixel_AUPRO_per_image``). One store of pixel scores feeds all pixel metrics: 4 bytes per pixel (+4 per
+anomalous pixel), where separate torchmetrics ``BinaryAUROC`` / ``BinaryAveragePrecision`` objects would each keep a
+float and an int64 target per pixel. Memory, binning and DDP behaviour are those of ``aupro.PooledPixelStore``.
 
 Use from a LightningModule (compute once per epoch, then read the cached thresholds and curves)::
 

@@ -206,7 +206,7 @@ def auroc(levels: Levels) -> Tensor:
 def average_precision(levels: Levels) -> Tensor:
     """Step-wise average precision, sum over thresholds of (R_n - R_(n-1)) * P_n (scikit-learn's definition).
 
-    Not the trapezoid under the PR curve, which rewards constant detectors (anomalib issue #3781).
+    Not the trapezoid under the PR curve, which rewards constant detectors (as anomalib's did).
     """
     neg_ge, pos_ge, _, _ = _descending_curve(levels)
     has_pos = levels.pos.flip(0) > 0

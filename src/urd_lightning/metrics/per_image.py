@@ -1,4 +1,4 @@
-"""Connected ground-truth regions and the per-image AUPRO protocol of RD4AD and URD (urd-method.md section 6).
+"""Connected ground-truth regions and the per-image AUPRO protocol of RD4AD and URD (docs/method.md, "Per-image AUPRO").
 
 Per-image protocol (``compute_pro`` in RD4AD's ``test.py``, repeated by URD's ``train.py``), for each anomalous image
 on its own: thresholds ``np.arange(min, max, (max - min) / 200)`` over that image's map (200 is the paper code's

@@ -1,13 +1,13 @@
 """Anomaly maps: per-level 1 − cosine, upsampled and summed, then Gaussian smoothing σ = 4.
 
-Follows urd-method.md §6 (the authors' ``cal_anomaly_map`` with ``anomaly_mode='add'`` and
+Follows docs/method.md, "Anomaly map and score" (the authors' ``cal_anomaly_map`` with ``anomaly_mode='add'`` and
 ``scipy.ndimage.gaussian_filter(sigma=4)``). The smoothing here is a separable torch convolution that reproduces
 scipy's filter (kernel radius ``int(truncate·σ + 0.5)`` = 16 taps each side, ``mode='reflect'``), so it runs on the
 GPU and in exported graphs; tests check it against scipy.
 
 The map is always computed in fp32, whatever precision the network ran in: under bf16 autocast the cosine, the
 upsampling and the blur would come out in bf16 (8 mantissa bits, steps of ~0.004 on a map in [0, 1]), which
-collapses the thresholds of the pixel metrics (issue 13). ``fp32_region`` switches autocast off and the features are
+collapses the thresholds of the pixel metrics. ``fp32_region`` switches autocast off and the features are
 cast up, so ``test``, periodic evaluation, ``predict`` and export all get the same fp32 map.
 """
 
@@ -82,7 +82,7 @@ def channel_cosine_distance(a: Tensor, b: Tensor) -> Tensor:
 
 
 def anomaly_map(teacher: list[Tensor], student: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """Raw (unsmoothed) map: Σ over levels of ``1 − cos(T_l, S_l)`` upsampled to ``size`` (§6).
+    """Raw (unsmoothed) map: Σ over levels of ``1 − cos(T_l, S_l)`` upsampled to ``size``.
 
     Args:
         teacher: per-level teacher features, shallow→deep.

@@ -1,7 +1,7 @@
 """Import (and export) checkpoints in the key layout of the authors' URD code (github.com/hito2448/URD).
 
 Their ``train.py`` saves ``torch.save({'teacher': teacher.state_dict(), 'student': student.state_dict()}, path)``
-(keys and shapes: ``shared/data/authors-checkpoint-keys.json``; method: urd-method.md §1, §2). Key mapping:
+(keys and shapes: ``tests/golden/authors-checkpoint-keys.json``; method: docs/method.md, "Network"). Key mapping:
 
     teacher ``encoder.<torchvision name>``      → ``teacher.<name>`` (timm uses the same names for conv1..layer3)
     student ``bn.<name>``                       → ``student.bottleneck.<name>``
@@ -9,8 +9,8 @@ Their ``train.py`` saves ``torch.save({'teacher': teacher.state_dict(), 'student
             ``conv3x3_simattn.*``               → ``student.<same>``
 
 Keys dropped on purpose (never used by the authors' forward): ``encoder.layer4.*``, ``encoder.fc.*``,
-``bn.conv4.*``/``bn.bn4.*`` (§1.2), and ``conv3x3_simattn.*`` unless ``injection="gii"`` (their scripts run the
-unguided branch, so those weights never trained, §2). Any other missing or unexpected key is an error naming it.
+``bn.conv4.*``/``bn.bn4.*``, and ``conv3x3_simattn.*`` unless ``injection="gii"`` (their scripts run the
+unguided branch, so those weights never trained). Any other missing or unexpected key is an error naming it.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def load_authors_checkpoint(path: str | os.PathLike, backbone: str = DEFAULT_BAC
     Args:
         path: the ``.pth`` file their ``train.py`` wrote.
         backbone: timm name of their encoder (they use WideResNet-50-2).
-        injection: ``"concat"`` reproduces what their scripts run (§2); ``"gii"`` also loads ``conv3x3_simattn``.
+        injection: ``"concat"`` reproduces what their scripts run; ``"gii"`` also loads ``conv3x3_simattn``.
 
     Raises:
         CheckpointError: unreadable/truncated file, wrong structure, or missing/unexpected/mis-shaped keys.

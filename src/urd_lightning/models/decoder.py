@@ -1,9 +1,9 @@
 """The student's bottleneck (multi-scale fusion + one-class embedding) and reverse ResNet decoder.
 
-Follows urd-method.md §1.2–1.3 (RD4AD's ``BN_layer`` and de-ResNet, which URD reuses). All sizes come from the
-encoder's :class:`~urd_lightning.models.encoder.BackboneSpec`, so Bottleneck (WideResNet-50-2, ResNet-50) and
-BasicBlock (ResNet-18/34) backbones both work. Module and attribute names follow the authors' key layout
-(``bn_layer``, ``conv1..3``, ``upsample``) so that their checkpoints map 1:1 (see ``authors.py``).
+Follows docs/method.md, "Bottleneck and decoder" (RD4AD's ``BN_layer`` and de-ResNet, which URD reuses). All sizes come
+from the encoder's :class:`~urd_lightning.models.encoder.BackboneSpec`, so Bottleneck (WideResNet-50-2, ResNet-50) and
+BasicBlock (ResNet-18/34) backbones both work. Module and attribute names follow the authors' key layout (``bn_layer``,
+``conv1..3``, ``upsample``) so that their checkpoints map 1:1 (see ``authors.py``).
 
 Shapes for WideResNet-50-2 at 256² (channels C1..C4 = 256, 512, 1024, 2048):
     bottleneck: [(B,256,64,64), (B,512,32,32), (B,1024,16,16)] -> (B,2048,8,8)
@@ -20,7 +20,7 @@ from urd_lightning.models.encoder import BackboneSpec
 
 
 class DeBottleneck(nn.Module):
-    """Reverse Bottleneck: 1×1 → (2×2 transposed conv stride 2 | 3×3 conv) → 1×1, plus shortcut (§1.3).
+    """Reverse Bottleneck: 1×1 → (2×2 transposed conv stride 2 | 3×3 conv) → 1×1, plus shortcut.
 
     The first block of a stage upsamples ×2 on both paths (transposed 2×2 convs); the others keep the size.
     """
@@ -74,7 +74,7 @@ class DeBasicBlock(nn.Module):
 
 
 class FusionBottleneck(nn.Module):
-    """RD's OCBE: multi-scale fusion of [f1, f2, f3] to f3's size, then ResNet blocks shaped like layer4 (§1.2).
+    """RD's OCBE: multi-scale fusion of [f1, f2, f3] to f3's size, then ResNet blocks shaped like layer4.
 
     ``conv1``/``conv2`` take f1 down twice (3×3 stride 2), ``conv3`` takes f2 down once; the concatenation
     ``(B, 3·C3, h3, w3)`` goes through ``depths[3]`` blocks of the encoder's layer4 type (the first with stride 2),

@@ -1,10 +1,10 @@
 """Encoders for the expert and the teacher: timm ResNet-family backbones cut after layer3.
 
-Follows urd-method.md §1.1: expert and teacher are the same torchvision-style ResNet (default WideResNet-50-2 with
-the torchvision ImageNet weights ``wide_resnet50_2-95faca4d.pth``, which timm serves as ``wide_resnet50_2.tv_in1k``),
-returning ``[layer1, layer2, layer3]`` outputs. The authors' code builds the full network (layer4 and fc included)
-only to load the torchvision file strictly; here timm's ``features_only`` drops them, and the decoder sizes are read
-from a shape-only (meta-device) copy of the full network (:func:`describe_backbone`).
+Follows docs/method.md, "Expert and teacher": expert and teacher are the same torchvision-style ResNet (default
+WideResNet-50-2 with the torchvision ImageNet weights ``wide_resnet50_2-95faca4d.pth``, which timm serves as
+``wide_resnet50_2.tv_in1k``), returning ``[layer1, layer2, layer3]`` outputs. The authors' code builds the full network
+(layer4 and fc included) only to load the torchvision file strictly; here timm's ``features_only`` drops them, and the
+decoder sizes are read from a shape-only (meta-device) copy of the full network (:func:`describe_backbone`).
 
 Weights come from exactly one place: ``checkpoint=PATH`` (a local ``.pth``/``.pt``/``.bin``/``.safetensors`` file,
 torchvision or timm key names), or ``pretrained=True`` (local caches first, then the hub), or random weights with
@@ -28,7 +28,7 @@ from urd_lightning.errors import ConfigError, WeightsError
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "wide_resnet50_2.tv_in1k"
-# timm ResNet feature indices: 0 = stem (stride 2), 1..4 = layer1..layer4. URD uses layer1..layer3 (§1.1).
+# timm ResNet feature indices: 0 = stem (stride 2), 1..4 = layer1..layer4. URD uses layer1..layer3.
 OUT_INDICES = (1, 2, 3)
 # Prefixes that wrap a backbone state dict in common checkpoint files (DataParallel, Lightning, the authors' Teacher).
 _WRAPPER_PREFIXES = ("module.", "model.", "encoder.", "backbone.")

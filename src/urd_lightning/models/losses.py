@@ -1,10 +1,10 @@
 """URD's teacher and student losses, and RD4AD's, as pure functions of per-level features.
 
-Follows urd-method.md §3 (the authors' losses at HEAD, 2025-01-21) and §3.4 (the first-commit ``ca899dc`` terms,
+Follows docs/method.md, "Losses" (the authors' current losses) and "First-commit losses" (their first-commit terms,
 ``variant="first_commit"``). Every function returns a dict of named scalar terms, each summed over the levels; the
 loss to back-propagate is the sum of the values. Feature lists are ordered shallow→deep ``[f1, f2, f3]``.
 
-Two cosine granularities are used, exactly as in the authors' code (§10 item 4):
+Two cosine granularities are used, exactly as in the authors' code (docs/faithfulness.md, row 4):
 - per-pixel: cosine over channels at every position, ``(B,C,h,w)`` → ``(B,h,w)``;
 - flattened: cosine between the ``C·h·w`` vectors of each sample, ``(B,C,h,w)`` → ``(B,)``.
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Variant = Literal["head", "first_commit"]
-# Weight of the extra first-commit terms (§3.4): 0.1 in the authors' first commit.
+# Weight of the extra first-commit terms: 0.1 in the authors' first commit.
 FIRST_COMMIT_WEIGHT = 0.1
 
 
@@ -43,7 +43,7 @@ def flat_cosine(a: Tensor, b: Tensor) -> Tensor:
 
 
 def resize_masks(mask: Tensor, feats: list[Tensor]) -> list[Tensor]:
-    """The mask at each level's size, ``(B,h_l,w_l)`` in {0, 1}, resized *sequentially* as the authors do (§3.1).
+    """The mask at each level's size, ``(B,h_l,w_l)`` in {0, 1}, resized *sequentially* as the authors do.
 
     Each level is resized (bilinear, ``align_corners=True``) from the previous level's already-binarised mask, then
     binarised at 0.5 (< 0.5 → 0, else 1); a tiny anomaly can therefore vanish at the deeper levels.
@@ -63,7 +63,7 @@ def resize_masks(mask: Tensor, feats: list[Tensor]) -> list[Tensor]:
 
 def teacher_loss(t_normal: list[Tensor], t_aug: list[Tensor], e_normal: list[Tensor], e_aug: list[Tensor],
                  mask: Tensor, variant: Variant = "head") -> dict[str, Tensor]:
-    """Teacher loss L_T (§3.1; ``first_commit``: §3.4).
+    """Teacher loss L_T (docs/method.md, "Teacher loss"; ``first_commit``: "First-commit losses").
 
     HEAD terms, each Σ over levels l:
         ``t_normal``: mean[1 − cos_pixel(T_l(x), E_l(x))];
@@ -99,7 +99,7 @@ def teacher_loss(t_normal: list[Tensor], t_aug: list[Tensor], e_normal: list[Ten
 def student_loss(s_normal: list[Tensor], s_aug: list[Tensor] | None, t_normal: list[Tensor],
                  e_normal: list[Tensor] | None, variant: Variant = "head", *, mask: Tensor | None = None,
                  t_aug: list[Tensor] | None = None, e_aug: list[Tensor] | None = None) -> dict[str, Tensor]:
-    """Student loss L_S (§3.2; RD4AD §8; ``first_commit``: §3.4). All HEAD terms use the flattened cosine.
+    """Student loss L_S (docs/method.md, "Student loss"). All HEAD terms use the flattened cosine.
 
     Terms, each Σ over levels l, targets are *clean-image* features (the "denoising" objective):
         ``s_normal_teacher``: mean_B[1 − cos_flat(S_l(x), T_l(x))];

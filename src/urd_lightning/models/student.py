@@ -1,10 +1,10 @@
 """URD's student: fusion bottleneck, reverse decoder and the teacher-feature injection (GII or plain skip).
 
-Follows urd-method.md §1.4–1.5 and §2. ``injection`` picks the skip branch:
+Follows docs/method.md, "Injection" and "Paper and authors' code". ``injection`` picks the skip branch:
 
 - ``"gii"``: the paper's Guided Information Injection (``forward_decoder_gii``): a similarity map computed without
   gradient mixes teacher and student features (convex mix), a 3×3 conv, concatenation, a 3×3 fuse conv.
-- ``"concat"``: the unguided skip that the authors' scripts actually run (``forward_decoder_wogii``, §2).
+- ``"concat"``: the unguided skip that the authors' scripts actually run (``forward_decoder_wogii``).
 - ``"none"``: plain RD (``skip=False``), no teacher injection.
 
 Module lists are indexed as in the authors' code: index 1 serves the level-3 (16², C3) injection, index 0 the
@@ -34,7 +34,7 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
 
 def _down_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     # Index 0 is the authors' Upsample(scale_factor=0.5, bilinear, align_corners=False), which equals 2×2 average
-    # pooling for even sizes (§1.4); keeping the Upsample keeps their key layout (conv at .1, BN at .2).
+    # pooling for even sizes; keeping the Upsample keeps their key layout (conv at .1, BN at .2).
     return nn.Sequential(nn.Upsample(scale_factor=0.5, mode="bilinear"),
                          nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
@@ -45,7 +45,7 @@ def _channel_cosine(a: Tensor, b: Tensor) -> Tensor:
 
 
 def init_student_weights(module: nn.Module) -> None:
-    """The authors' ``init_weight`` (§1.4): Xavier-normal (gain 1) on every ``nn.Conv2d``, BN weight 1 / bias 0.
+    """The authors' ``init_weight``: Xavier-normal (gain 1) on every ``nn.Conv2d``, BN weight 1 / bias 0.
 
     ``nn.ConvTranspose2d`` is not an ``nn.Conv2d`` subclass, so transposed convs keep PyTorch's default init, as in
     the authors' code.
@@ -97,7 +97,7 @@ class Student(nn.Module):
         self.apply(init_student_weights if xavier_init else init_rd_weights)
 
     def forward(self, teacher: list[Tensor]) -> list[Tensor]:
-        """Student features ``[S1, S2, S3]`` from teacher features ``[T1, T2, T3]`` (§1.5)."""
+        """Student features ``[S1, S2, S3]`` from teacher features ``[T1, T2, T3]``."""
         b = self.bottleneck(teacher)
         if self.injection == "none":
             return self.decoder(b)
@@ -113,7 +113,7 @@ class Student(nn.Module):
         """What is concatenated to the student feature: the fused teacher feature (concat) or GII's guided mix."""
         if self.injection == "concat":
             return fused
-        with torch.no_grad():  # §1.5: the similarity weights are constants; gradients flow only through the mix
+        with torch.no_grad():  # the similarity weights are constants; gradients flow only through the mix
             sim = _channel_cosine(student.detach(), teacher)
         # Where the student already agrees with the teacher, inject the teacher's fused feature; where it disagrees
         # (a likely anomaly), keep the student's own feature.

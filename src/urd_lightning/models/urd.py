@@ -1,8 +1,9 @@
 """The URD network: frozen expert, trainable teacher, student with injection; RD4AD as a configuration of it.
 
-Follows urd-method.md §1 (expert/teacher/student), §3.3 (mode handling: the expert never leaves eval mode), §6 (the
-anomaly map compares the *teacher* with the student) and §8 (RD4AD = no expert, frozen encoder, no injection, no
-Xavier override). Plain torch + timm: no Lightning here; the training step lives in ``urd_lightning.training.module``.
+Follows docs/method.md: "Network" (expert/teacher/student), "The training step" (the expert never leaves eval mode),
+"Anomaly map and score" (the map compares the *teacher* with the student) and "RD4AD and the ablations" (RD4AD = no
+expert, frozen encoder, no injection, no Xavier override). Plain torch + timm: no Lightning here; the training step
+lives in ``urd_lightning.training.module``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class URD(nn.Module):
         self.train_teacher = train_teacher
         self.spec = describe_backbone(backbone)
         self.teacher = build_encoder(backbone, pretrained=pretrained, checkpoint=checkpoint)
-        # The expert is an independent copy of the same initial weights (§1.1), frozen for good.
+        # The expert is an independent copy of the same initial weights, frozen for good (docs/method.md).
         self.expert: nn.Module | None = copy.deepcopy(self.teacher) if expert else None
         if self.expert is not None:
             _freeze(self.expert)
@@ -119,7 +120,7 @@ class URD(nn.Module):
         With ``batched`` the two halves go through one forward of ``[x; x_aug]`` (2B samples): in eval mode every
         sample is processed on its own (BatchNorm uses running statistics), so the result equals the two separate
         forwards up to float rounding, at one kernel launch sequence instead of two. Train-mode forwards must stay
-        separate: there BatchNorm normalises with the statistics of the batch it sees (urd-method.md §3.3).
+        separate: there BatchNorm normalises with the statistics of the batch it sees (docs/method.md).
         ``batched=False`` is the authors' two forwards.
         """
         if x_aug is None:
@@ -151,14 +152,14 @@ class URD(nn.Module):
         return URDOutput(teacher=teacher, student=self.student_features(teacher))
 
     def anomaly_map(self, x: Tensor) -> Tensor:
-        """Raw (unsmoothed) fp32 map ``(B,1,H,W)``: Σ_l (1 − cos(T_l, S_l)) upsampled to the input size (§6)."""
+        """Raw (unsmoothed) fp32 map ``(B,1,H,W)``: Σ_l (1 − cos(T_l, S_l)) upsampled to the input size."""
         out = self.forward(x)
         return anomaly_map(out.teacher, out.student, tuple(x.shape[-2:]))
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Smoothed map ``(B,1,H,W)`` (Gaussian σ = 4, as the authors) and image score ``(B,)`` = its maximum.
 
-        The network runs in whatever precision autocast gives it; map, blur and score are fp32 (issue 13).
+        The network runs in whatever precision autocast gives it; map, blur and score are fp32.
         """
         return score_maps(self.anomaly_map(x), self.blur)
 

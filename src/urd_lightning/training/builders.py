@@ -78,7 +78,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     if kwargs["precision"] is None:  # bf16 autocast where the hardware computes bf16 natively, else fp32 (the authors)
         kwargs["precision"] = "bf16-mixed" if native_bf16(_on_cuda(cfg)) else "32-true"
     # cuDNN autotuning picks the fastest convolution algorithms (not bit-reproducible); trainer.deterministic=true
-    # turns it off, as the authors' setup_seed did (urd-method.md section 5). Lightning applies it.
+    # turns it off, as the authors' setup_seed did (docs/method.md, "Optimizers and budgets"). Lightning applies it.
     kwargs["benchmark"] = _on_cuda(cfg) and not kwargs["deterministic"]
     kwargs["strategy"] = _strategy(cfg)
     return kwargs

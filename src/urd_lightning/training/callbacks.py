@@ -1,7 +1,7 @@
 """Callbacks: picture panels, an evaluation line, and atomic checkpoint writes.
 
 Everything that writes files or pictures runs on rank zero only (DDP re-runs the module on every rank). Panels are
-image | ground truth | heatmap overlay, as anomalib users expect (ecosystem.md §5), written to ``images/`` and, with
+image | ground truth | heatmap overlay, as anomalib users expect, written to ``images/`` and, with
 W&B, logged as ``wandb.Image`` with the ground-truth mask as an overlay.
 """
 

@@ -1,12 +1,13 @@
 """URDModule: the authors' training iteration and the evaluation, as a LightningModule.
 
-One iteration follows urd-method.md §3.3 (``train.py::train_one_epoch`` of the authors' code), written out with
+One iteration follows docs/method.md, "The training step" (the authors' ``train_one_epoch``), written out with
 Lightning's manual optimisation and two Adam optimizers:
 expert forward (eval, no grad) → teacher step (train mode) → teacher re-forward (eval mode, no grad, updated
 weights and running BN statistics) → student step on the detached teacher features, reusing the expert features.
-Evaluation (urd-method.md §6) smooths the map with σ = 4 and scores an image by the map's maximum; it is done by
-``URD.predict``. No architecture code lives here. Below the module: what its evaluations add up to (score
-statistics across ranks, the "oracle" selection, plot-sized curves) and what a stock ``Trainer`` must do for it.
+Evaluation (docs/method.md, "Anomaly map and score") smooths the map with σ = 4 and scores an image by the map's
+maximum; it is done by ``URD.predict``. No architecture code lives here. Below the module: what its evaluations add
+up to (score statistics across ranks, the "oracle" selection, plot-sized curves) and what a stock ``Trainer`` must do
+for it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class URDModule(LightningModule):
         lr_teacher: Adam learning rate of the teacher (authors: 1e-4).
         lr_student: Adam learning rate of the student (authors: 5e-3).
         betas: Adam betas of both optimizers (authors: (0.5, 0.999)).
-        loss_variant: ``head`` (the authors' current losses) or ``first_commit`` (urd-method.md §3.4).
+        loss_variant: ``head`` (the authors' current losses) or ``first_commit`` (docs/method.md).
         synthesis: use the batch's synthetic anomalies; ``False`` drops the synthetic loss terms (RD4AD).
         image_size: side of the square images, stored in the checkpoint for inference.
         dataset: benchmark name, stored in the checkpoint and results.
@@ -139,7 +140,7 @@ class URDModule(LightningModule):
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning calls .train() on the whole module around evaluation; the expert must stay frozen in eval
-        # mode so its BatchNorm statistics stay ImageNet's (urd-method.md §3.3). URD.train() already keeps it so.
+        # mode so its BatchNorm statistics stay ImageNet's (docs/method.md). URD.train() already keeps it so.
         if self.model.expert is not None and self.model.expert.training:
             self.model.expert.eval()
 
@@ -320,7 +321,8 @@ class URDModule(LightningModule):
 
 
 # ---- what an evaluation adds up to: score statistics across ranks, the "oracle" selection, plot-sized curves ------
-# The authors select their reported ("max") numbers on the test set by these sums (urd-method.md §5):
+# The authors select their reported ("max") numbers on the test set by these sums (docs/method.md,
+# "Test-set selection"):
 # pixel AUROC + AUPRO on MVTec, plus image AUROC on VisA. We only use them for the labelled "oracle" numbers.
 ORACLE_KEYS = ("pixel_AUROC", "pixel_AUPRO_per_image")
 ORACLE_KEYS_VISA = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO_per_image")

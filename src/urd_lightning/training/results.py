@@ -1,8 +1,8 @@
 """Results of a run: ``metrics.json``, ROC/PRO curve plots and the console summary table.
 
 ``metrics.json`` follows docs/design.md ("results"): ``final`` holds the final-iteration numbers; ``oracle`` (the
-best periodic evaluation ON THE TEST SET, which is how the authors select their reported numbers, urd-method.md §5)
-appears only when periodic evaluation ran, and only beside the final numbers.
+best periodic evaluation ON THE TEST SET, which is how the authors select their reported numbers,
+docs/method.md, "Test-set selection") appears only when periodic evaluation ran, and only beside the final numbers.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
             lines.append(row)
     durations = payload.get("durations", {})
     lines.append(f"train {durations.get('train_s', 0):.1f} s, evaluation {durations.get('eval_s', 0):.1f} s")
-    if any(math.isnan(v) for v in final.values()):  # say why, not only NaN (issue 14)
+    if any(math.isnan(v) for v in final.values()):  # say why, not only NaN
         lines.append("nan = undefined: the test split lacks anomalous (or normal) images, and each metric needs both "
                      "(`python -m urd_lightning data check` names what is missing)")
     if oracle:

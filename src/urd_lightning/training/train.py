@@ -86,7 +86,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     started = time.time()  # a last.ckpt older than this is an earlier attempt's (interrupt.py)
     setup_console_logging()
     require_logger_package(cfg)  # a missing optional logger package stops here, not after the data set-up
-    # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, urd-method.md §3.3).
+    # The frozen expert is in eval mode on purpose (its BN keeps ImageNet statistics, docs/method.md).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
