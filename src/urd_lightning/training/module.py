@@ -120,15 +120,6 @@ class URDModule(LightningModule):
             self._compiled = True
 
     @override
-    def on_train_start(self) -> None:
-        # After a resume from a mid-epoch checkpoint (a preempted SLURM job) continue that epoch where it stopped.
-        batches = self.trainer.num_training_batches
-        done = self.iteration - self.current_epoch * int(batches) if math.isfinite(batches) else 0
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if 0 < done < batches and hasattr(datamodule, "resume_mid_epoch"):
-            datamodule.resume_mid_epoch(done)
-
-    @override
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "set_epoch"):

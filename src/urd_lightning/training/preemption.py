@@ -6,7 +6,7 @@ iteration (and, under DDP, while the other rank is inside a collective). Here th
 end of the iteration the ranks agree on it, every rank saves ``hpc_ckpt_<N>.ckpt`` (Lightning's name, so Lightning's
 own SLURM auto-resume finds it too) in the run folder, rank zero runs ``scontrol requeue <job>`` and training stops
 without the final evaluation. The requeued job (same run folder: the run name does not depend on the job) resumes
-with ``resume=auto``; ``URDModule.on_train_start`` continues a cut epoch where it stopped, so nothing is lost
+with ``resume=auto``; ``AnomalyDataModule.train_dataloader`` continues a cut epoch where it stopped, so nothing is lost
 beyond the iteration in progress.
 
 Under ``benchmark --slurm`` the training is the child of a submitit job process, and submitit requeues the task

@@ -85,7 +85,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
-    # A preempted run's checkpoint cuts an epoch; URDModule.on_train_start continues that epoch's order exactly.
+    # A preempted run's checkpoint cuts an epoch; the data module continues that epoch's order exactly.
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     run_dir = run_dir_of(cfg)
     ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
