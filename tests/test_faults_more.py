@@ -5,12 +5,15 @@ traceback, and every file that existed before unchanged. Tests that train longer
 """
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
-from tests.test_faults import SMALL
+from tests.test_faults import SMALL, _point_lightning_at_this_stderr, snapshot
 from urd_lightning.__main__ import main
 
 # --- silent wrong results: a resume with loader workers continues exactly where the checkpoint stopped ---------------
@@ -36,3 +39,51 @@ def test_resume_with_a_loader_worker_mid_epoch_equals_the_uninterrupted_run(mvte
     assert not differing, f"{len(differing)} tensors differ, first {differing[:3]}"
     assert json.dumps(straight_final, sort_keys=True) == json.dumps(resumed_final, sort_keys=True)  # NaN-safe
 
+
+# --- SIGTERM (kill, a container stop, SLURM without --signal): a checkpoint, one line, exit 143 -----------------------
+
+class _SigtermAfter(Callback):
+    """Sends SIGTERM to this process after iteration ``at``, as ``kill`` or a scheduler would."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.iteration == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("under_slurm", [False, True])
+def test_sigterm_saves_at_the_iteration_and_exits_143_with_the_continue_command(mvtec_root, tmp_path, capsys,
+                                                                                monkeypatch, under_slurm):
+    from urd_lightning.training import train as train_command
+
+    if under_slurm:  # srun's variables for a one-task job, and an scontrol that records any call
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> "{bin_dir}/scontrol.log"\n')
+        (bin_dir / "scontrol").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        for key, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0",
+                           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+                           "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "urd"}.items():
+            monkeypatch.setenv(key, value)
+    whole = train_command.train
+    monkeypatch.setattr(train_command, "train", lambda cfg: whole(cfg, callbacks=[_SigtermAfter(1)]))
+    before = snapshot(mvtec_root)
+    out = tmp_path / "out"
+    _point_lightning_at_this_stderr()
+    code = main(["train", f"data.root={mvtec_root}", f"output_dir={out}", *SMALL, "trainer.max_steps=5",
+                 "checkpoint_every_n_steps=100", "run=r"])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out, captured.err[-3000:]
+    lines = [line for line in captured.err.splitlines() if line.startswith("terminated:")]
+    assert code == 143 and len(lines) == 1, captured.err[-3000:]
+    run_dir = out / "mvtec" / "bottle" / "r"
+    saved = run_dir / "hpc_ckpt_1.ckpt" if under_slurm else run_dir / "checkpoints" / "last.ckpt"
+    assert lines[0].startswith("terminated: training stopped after iteration 1 (SIGTERM): the last checkpoint is "
+                               f"{saved} (iteration 1); continue with: python -m urd_lightning train data.root=")
+    assert lines[0].endswith(" resume=auto" if under_slurm else " resume=last")
+    assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == 2  # iteration 1, whole
+    assert not (run_dir / "metrics.json").exists() and snapshot(mvtec_root) == before
+    assert not (tmp_path / "bin" / "scontrol.log").exists()  # SIGTERM is not the requeue signal: nothing requeued

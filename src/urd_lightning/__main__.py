@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except URDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # 130: the shell's code for SIGINT; training says how to continue
-        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # 130: the shell's code for SIGINT (training: 143 after SIGTERM); how to continue
+        label = getattr(exc, "label", "interrupted")
+        print(f"{label}: {exc}" if str(exc) else label, file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     meta = {"dataset": cfg.dataset, "category": cfg.data.category, "run": cfg.run, "injection": cfg.model.injection,
             "texture_source": cfg.data.textures}  # dtd (the paper's) | procedural | none (no synthesis)
     results = ResultsWriter(run_dir, meta, logger, log_model=bool(cfg.wandb.log_model))
-    watch = InterruptWatch()
+    watch = InterruptWatch(run_dir, slurm=bool(slurm))  # SIGTERM: a checkpoint, then exit 143 (interrupt.py)
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
         callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results, watch,
@@ -138,7 +138,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         write_atomic(run_dir / "config.yaml", to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
     if logger:
         logger.log_hyperparams({"runtime": runtime})
-    # Ctrl+C: Lightning shuts down, then exits with 1; interruption() makes it exit 130 with how to continue.
+    # Ctrl+C: Lightning shuts down, then exits with 1 (SIGTERM: 0); interruption() makes it exit 130 (143) with how
+    # to continue.
     where = {"run_dir": run_dir, "resumed_from": ckpt_path, "started": started, "per_iteration": per_iteration,
              "first_save": max(1, min(cfg.checkpoint_every_n_steps, cfg.trainer.max_steps))}
     with interruption(watch, "training", module, where, cleanup=lambda: finish(logger)):
@@ -168,5 +169,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(load_config(argv))
     except TrainingInterrupted as exc:
-        raise TrainingInterrupted(exc.line(argv), None) from None  # the continue command, spelled out
+        raise TrainingInterrupted(exc.line(argv), None, exc.terminated) from None  # the continue command, spelled out
     return 0
