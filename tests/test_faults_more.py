@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback
-
 from tests.test_faults import SMALL, _point_lightning_at_this_stderr, snapshot
+
 from urd_lightning.__main__ import main
 
 # --- silent wrong results: a resume with loader workers continues exactly where the checkpoint stopped ---------------
