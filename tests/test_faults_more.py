@@ -4,15 +4,22 @@ Same style as ``tests/test_faults.py`` (whose helpers it uses): the command line
 traceback, and every file that existed before unchanged. Tests that train longer are marked ``slow``.
 """
 
+import csv
 import json
+import logging
+import math
 import os
 import signal
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback
-from tests.test_faults import SMALL, _point_lightning_at_this_stderr, snapshot
+from PIL import Image
+from tests.test_faults import SMALL, _point_lightning_at_this_stderr, _tiny_checkpoint, run_cli, snapshot
 
 from urd_lightning.__main__ import main
 
@@ -87,3 +94,36 @@ def test_sigterm_saves_at_the_iteration_and_exits_143_with_the_continue_command(
     assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == 2  # iteration 1, whole
     assert not (run_dir / "metrics.json").exists() and snapshot(mvtec_root) == before
     assert not (tmp_path / "bin" / "scontrol.log").exists()  # SIGTERM is not the requeue signal: nothing requeued
+
+
+# --- predict: its own output folder is never an input; an earlier prediction is kept or replaced as a whole ----------
+
+def _images(folder: Path, names: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / name)
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_skips_its_output_folder_and_keeps_an_earlier_prediction_whole(tmp_path, capsys):
+    inputs, ckpt = tmp_path / "in", _tiny_checkpoint(tmp_path)
+    _images(inputs, ["a.png", "b.png"])
+    out = inputs / "out"  # the output inside the input folder
+    common = ("predict", f"ckpt={ckpt}", f"output={out}", "threshold=0.5", "progress=false")
+    assert run_cli(capsys, *common, f"input={inputs}") == (0, "")
+    assert run_cli(capsys, *common, f"input={inputs}", "overwrite=true") == (0, "")  # its own overlays not scored
+    assert len(_rows(out)) == 2 and not (out / "overlays" / "out").exists()
+    before = snapshot(tmp_path)
+    code, line = run_cli(capsys, *common, f"input={inputs / 'a.png'}")  # fewer inputs, same output
+    assert code == 2 and f"output {out} already holds a prediction" in line and "overwrite=true" in line
+    assert snapshot(tmp_path) == before
+    assert run_cli(capsys, *common, f"input={inputs / 'a.png'}", "overwrite=true") == (0, "")
+    rows = _rows(out)
+    assert len(rows) == 1 and sorted(p.name for p in (out / "overlays").rglob("*.png")) == ["a.png"]
+    assert len(json.loads((out / "results.json").read_text())["images"]) == 1
+

@@ -48,6 +48,7 @@ PREDICT_KEYS: dict[str, tuple[type, Any]] = {
     "save_maps": (bool, True),
     "progress": (bool, True),
     "trust_checkpoint": (bool, False),
+    "overwrite": (bool, False),
 }
 _REQUIRED = ("ckpt", "input")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -102,6 +103,39 @@ def list_images(source: Path, recursive: bool = True) -> list[Path]:
     if not files:
         raise DataError(f"input folder {source} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
+
+
+# What predict writes into its output folder: a folder holding any of these holds an earlier prediction.
+PREDICT_OUTPUTS = ("results.csv", "results.json", "overlays", "masks", "maps")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _clear_previous(out: Path, files: Sequence[Path], overwrite: bool) -> None:
+    """Refuse an output folder with an earlier prediction, or (``overwrite``) remove that prediction's files.
+
+    Writing a new set over an old one would leave the old overlays, masks and maps of images that are not in the new
+    tables; the tables and the files must describe the same images.
+    """
+    import shutil
+
+    found = [name for name in PREDICT_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"predict: output {out} already holds a prediction ({', '.join(found)}); give a new "
+                          "output=... or add overwrite=true to replace it")
+    if any(_inside(f, out / name) for f in files for name in found):
+        raise ConfigError(f"predict: the input images lie inside {out}'s earlier prediction, which overwrite=true "
+                          "would remove; give another output=...")
+    for name in found:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 def _display_map(normalized: np.ndarray | None, raw: np.ndarray, pixel_threshold: float) -> np.ndarray:
@@ -166,6 +200,7 @@ def predict(
     save_maps: bool = True,
     progress: bool = True,
     trust_checkpoint: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score every image of ``input`` and write the outputs under ``output`` (see the module docstring).
 
@@ -182,6 +217,7 @@ def predict(
         save_maps: also write the raw maps as ``.npy``.
         progress: show a progress bar.
         trust_checkpoint: allow unsafe (``weights_only=False``) loading of a file you trust.
+        overwrite: replace an earlier prediction in ``output`` (without it such a folder is refused).
 
     Returns:
         The run summary written to ``results.json``.
@@ -201,6 +237,11 @@ def predict(
     source, out = Path(input), Path(output)
     ensure_writable(out, "output")
     files = list_images(source, recursive)
+    if source.is_dir() and _inside(out, source):  # never score the outputs of an earlier run into this folder
+        files = [f for f in files if not _inside(f, out)]
+        if not files:
+            raise DataError(f"input folder {source} has no image files outside the output folder {out}")
+    _clear_previous(out, files, overwrite)
     names = output_names(files, source if source.is_dir() else None)
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
