@@ -127,3 +127,31 @@ def test_predict_skips_its_output_folder_and_keeps_an_earlier_prediction_whole(t
     assert len(rows) == 1 and sorted(p.name for p in (out / "overlays").rglob("*.png")) == ["a.png"]
     assert len(json.loads((out / "results.json").read_text())["images"]) == 1
 
+
+# --- NaN: a NaN threshold is refused; metrics.json is strict JSON (null, and why) ------------------------------------
+
+@pytest.mark.parametrize("key", ["threshold", "pixel_threshold"])
+def test_predict_refuses_a_nan_threshold(tmp_path, capsys, key):
+    _images(tmp_path / "in", ["a.png"])
+    extra = () if key == "threshold" else ("threshold=0.5",)
+    code, line = run_cli(capsys, "predict", f"ckpt={_tiny_checkpoint(tmp_path)}", f"input={tmp_path / 'in'}",
+                         f"output={tmp_path / 'out'}", f"{key}=nan", *extra, "progress=false")
+    assert code == 2 and f"{key}=nan is not a finite number" in line and not (tmp_path / "out").exists()
+
+
+def test_metrics_json_writes_null_for_an_undefined_metric_and_says_why(tmp_path):
+    from urd_lightning.benchmark.records import read_run
+    from urd_lightning.training.results import write_metrics
+
+    payload = {"dataset": "mvtec", "category": "bottle", "run": "r", "injection": "gii",
+               "final": {"image_AUROC": float("nan"), "pixel_AUROC": 0.75}, "durations": {}, "steps": 1}
+    path = write_metrics(tmp_path, payload)
+
+    def refuse(token):
+        raise ValueError(f"bare {token} in {path}")
+
+    strict = json.loads(path.read_text(), parse_constant=refuse)  # what a strict reader (JS, jq, Go) accepts
+    assert strict["final"] == {"image_AUROC": None, "pixel_AUROC": 0.75} and "undefined" in strict["null"]
+    final = read_run(tmp_path).metrics["final"]  # the report reads NaN back
+    assert math.isnan(final["image_AUROC"]) and final["pixel_AUROC"] == 0.75
+

@@ -48,7 +48,7 @@ from urd_lightning.training.callbacks import (
 from urd_lightning.training.interrupt import InterruptWatch, TrainingInterrupted, interruption
 from urd_lightning.training.loggers import build_logger, finish, require_logger_package, setup_console_logging
 from urd_lightning.training.preemption import Requeue, resume_path
-from urd_lightning.training.results import ResultsWriter
+from urd_lightning.training.results import ResultsWriter, metric_values
 from urd_lightning.training.runtime import runtime_info
 
 log = logging.getLogger("urd_lightning")
@@ -154,8 +154,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         raise checkpoint_io.disk_full
     # Read back what rank zero wrote: with ddp_spawn/ddp_fork the evaluation ran in other processes.
     payload = json.loads((run_dir / "metrics.json").read_text())
-    result = {k: float(v) for k, v in payload["final"].items()}
-    result.update({f"oracle/{k}": float(v) for k, v in (payload.get("oracle") or {}).items() if k != "step"})
+    result = metric_values(payload["final"])
+    result.update({f"oracle/{k}": v for k, v in metric_values(payload.get("oracle")).items() if k != "step"})
     return result
 
 
