@@ -155,3 +155,26 @@ def test_metrics_json_writes_null_for_an_undefined_metric_and_says_why(tmp_path)
     final = read_run(tmp_path).metrics["final"]  # the report reads NaN back
     assert math.isnan(final["image_AUROC"]) and final["pixel_AUROC"] == 0.75
 
+
+# --- folder benchmark: normal_split_ratio holds out that share of the normal images ---------------------------------
+
+@pytest.mark.parametrize(("ratio", "held"), [(0.2, 1), (0.4, 2), (0.6, 3), (0.8, 4)])
+def test_folder_split_ratio_holds_out_that_share(tmp_path, ratio, held):
+    from urd_lightning.data.benchmarks import index_folder
+
+    _images(tmp_path / "good", [f"{i}.png" for i in range(5)])
+    train = index_folder(tmp_path, "c", "train", normal_split_ratio=ratio)
+    test = index_folder(tmp_path, "c", "test", normal_split_ratio=ratio)
+    assert (len(train), len(test)) == (5 - held, held)
+    assert not {s.image_path for s in train} & {s.image_path for s in test}
+
+
+def test_folder_split_ratio_one_leaves_nothing_to_train_on_and_says_so(tmp_path):
+    from urd_lightning.data.benchmarks import index_folder
+    from urd_lightning.errors import DataError
+
+    _images(tmp_path / "good", [f"{i}.png" for i in range(5)])
+    assert len(index_folder(tmp_path, "custom", "test", normal_split_ratio=1.0)) == 5
+    with pytest.raises(DataError, match=r"data.normal_split_ratio=1.0 holds out all 5 normal images .* none is left"):
+        index_folder(tmp_path, "custom", "train", normal_split_ratio=1.0)
+
