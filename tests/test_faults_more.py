@@ -178,3 +178,30 @@ def test_folder_split_ratio_one_leaves_nothing_to_train_on_and_says_so(tmp_path)
     with pytest.raises(DataError, match=r"data.normal_split_ratio=1.0 holds out all 5 normal images .* none is left"):
         index_folder(tmp_path, "custom", "train", normal_split_ratio=1.0)
 
+
+# --- decompression bombs: an image declaring more pixels than the limit is refused before it is decoded -------------
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` grey pixels (signature, IHDR, IEND): what a bomb's header says."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_predict_refuses_a_decompression_bomb_with_one_line_and_the_limit_is_configurable(tmp_path, capsys,
+                                                                                          monkeypatch, caplog):
+    inputs = tmp_path / "in"
+    _images(inputs, ["small.png"])
+    (inputs / "bomb.png").write_bytes(_png_header(20000, 20000))  # 400 million pixels, 57 bytes
+    common = ("predict", f"ckpt={_tiny_checkpoint(tmp_path)}", f"input={inputs}", "threshold=0.5", "progress=false")
+    with caplog.at_level(logging.WARNING):
+        assert run_cli(capsys, *common, f"output={tmp_path / 'a'}") == (0, "")
+    rows = {Path(r["image_path"]).name: r for r in _rows(tmp_path / "a")}
+    assert rows["small.png"]["status"] == "ok" and rows["bomb.png"]["status"] == "unreadable"
+    error = rows["bomb.png"]["error"]
+    assert "decompression bomb guard" in error and "URD_MAX_IMAGE_PIXELS" in error
+    monkeypatch.setenv("URD_MAX_IMAGE_PIXELS", "1000")  # below the small image's 40 x 48
+    assert run_cli(capsys, *common, f"output={tmp_path / 'b'}") == (1, "")  # every image refused: exit 1
+    assert "1,920 pixels, above the limit of 1,000" in _rows(tmp_path / "b")[1]["error"]
