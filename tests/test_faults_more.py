@@ -49,14 +49,14 @@ def test_resume_with_a_loader_worker_mid_epoch_equals_the_uninterrupted_run(mvte
 
 # --- SIGTERM (kill, a container stop, SLURM without --signal): a checkpoint, one line, exit 143 -----------------------
 
-class _SigtermAfter(Callback):
-    """Sends SIGTERM to this process after iteration ``at``, as ``kill`` or a scheduler would."""
+class _SigtermDuring(Callback):
+    """Sends SIGTERM to this process while iteration ``at`` runs, as ``kill`` or a scheduler would."""
 
     def __init__(self, at: int) -> None:
         self.at = at
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.iteration == self.at:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.iteration == self.at - 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -76,7 +76,7 @@ def test_sigterm_saves_at_the_iteration_and_exits_143_with_the_continue_command(
                            "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "urd"}.items():
             monkeypatch.setenv(key, value)
     whole = train_command.train
-    monkeypatch.setattr(train_command, "train", lambda cfg: whole(cfg, callbacks=[_SigtermAfter(1)]))
+    monkeypatch.setattr(train_command, "train", lambda cfg: whole(cfg, callbacks=[_SigtermDuring(1)]))
     before = snapshot(mvtec_root)
     out = tmp_path / "out"
     _point_lightning_at_this_stderr()
