@@ -205,3 +205,62 @@ def test_predict_refuses_a_decompression_bomb_with_one_line_and_the_limit_is_con
     monkeypatch.setenv("URD_MAX_IMAGE_PIXELS", "1000")  # below the small image's 40 x 48
     assert run_cli(capsys, *common, f"output={tmp_path / 'b'}") == (1, "")  # every image refused: exit 1
     assert "1,920 pixels, above the limit of 1,000" in _rows(tmp_path / "b")[1]["error"]
+
+
+# --- resume= a checkpoint of another network: one line before anything is built, no run folder left ---------------
+
+def test_resume_from_a_checkpoint_of_another_network_is_one_line_before_anything_is_built(mvtec_root, tmp_path, capsys):
+    ckpt = tmp_path / "other.ckpt"
+    extras = {"model": {"backbone": "resnet18", "injection": "concat", "expert": True, "train_teacher": True},
+              "image_size": 32, "dataset": "mvtec", "category": "bottle"}
+    torch.save({"state_dict": {"model.w": torch.zeros(1)}, "urd_lightning": extras, "loops": {}, "global_step": 2},
+               ckpt)
+    before = snapshot(tmp_path)
+    code, line = run_cli(capsys, "train", f"data.root={mvtec_root}", f"output_dir={tmp_path / 'out'}", *SMALL,
+                         f"resume={ckpt}", "model.injection=gii")
+    assert code == 2 and "was trained with another network (model.injection=concat in the checkpoint, gii here)" in line
+    assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+# --- export: a folder as output stops before the work; a full disk is one line whatever the writer ------------------
+
+def test_export_to_a_folder_is_refused_before_the_work(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    ckpt = _tiny_checkpoint(tmp_path)
+    before = snapshot(tmp_path)
+    for fmt in ("onnx", "weights"):
+        code, line = run_cli(capsys, "export", f"ckpt={ckpt}", f"format={fmt}", f"output={tmp_path / 'models'}")
+        assert code == 2 and f"output={tmp_path / 'models'} is a folder; give a file name" in line
+    assert snapshot(tmp_path) == before and not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["weights", "torchscript"])
+def test_full_disk_during_weights_or_torchscript_export_is_one_line(tmp_path, capsys, monkeypatch, fmt):
+    import errno
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    before = snapshot(tmp_path)
+    if fmt == "weights":  # safetensors wraps the OS error in its own SafetensorError
+        from safetensors import SafetensorError
+
+        from urd_lightning import checkpoint_io
+
+        def full_safetensors(tensors, filename, metadata=None):
+            Path(filename).write_bytes(b"x" * 100)
+            raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+
+        monkeypatch.setattr(checkpoint_io, "save_file", full_safetensors)
+    else:  # the serialised model goes to disk through a Python write, which fails with ENOSPC
+        real = Path.write_bytes
+
+        def full(self, data):
+            if len(data) > 10_000:
+                real(self, data[:1000])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", full)
+    code, line = run_cli(capsys, "export", f"ckpt={ckpt}", f"format={fmt}", f"output={tmp_path / 'model.out'}")
+    assert code == 2 and "no space left on the disk while writing" in line and "0.0 MB" not in line
+    assert snapshot(tmp_path) == before  # no half-written model, no hidden temporary file
+

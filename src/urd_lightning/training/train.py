@@ -64,7 +64,30 @@ def _check_resume_file(cfg: DictConfig, path: str) -> int:
     if not isinstance(checkpoint, dict) or "urd_lightning" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
                               "'urd_lightning' extras or loop state); give a last.ckpt that training wrote")
+    _check_resume_model(cfg, path, checkpoint["urd_lightning"])
     return int(checkpoint.get("global_step", 0))
+
+
+# The model keys that decide the network's parameters and the optimizers (the others only initialise it).
+RESUME_MODEL_KEYS = ("backbone", "injection", "expert", "train_teacher")
+
+
+def _check_resume_model(cfg: DictConfig, path: str, extras: dict) -> None:
+    """Stop with one line when the checkpoint's recorded network is not the config's (before anything is built).
+
+    Args:
+        cfg: the run's config.
+        path: the checkpoint, for the message.
+        extras: the checkpoint's ``urd_lightning`` entry (``URDModule.on_save_checkpoint``).
+    """
+    recorded = extras.get("model") if isinstance(extras, dict) else None
+    if not isinstance(recorded, dict):
+        return  # an older checkpoint without the record: Lightning's own loading decides
+    differing = [f"model.{key}={recorded[key]} in the checkpoint, {cfg.model[key]} here" for key in RESUME_MODEL_KEYS
+                 if key in recorded and key in cfg.model and recorded[key] != cfg.model[key]]
+    if differing:
+        raise CheckpointError(f"resume={cfg.resume}: {path} was trained with another network ({'; '.join(differing)}); "
+                              "resume with the checkpoint's model.* values, or train without resume=")
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
