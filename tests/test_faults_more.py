@@ -222,6 +222,18 @@ def test_resume_from_a_checkpoint_of_another_network_is_one_line_before_anything
     assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
 
 
+# --- a 0-byte DTD image stops at set-up with one line, not in a loader worker ---------------------------------------
+
+def test_an_empty_dtd_image_is_one_line_at_set_up(tmp_path):
+    from urd_lightning.data.synthesis import DTDTextures
+    from urd_lightning.errors import DataError
+
+    _images(tmp_path / "dtd" / "images" / "banded", ["ok.jpg"])
+    (tmp_path / "dtd" / "images" / "banded" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"1 empty \(0-byte\) DTD image\(s\) .*empty.jpg: delete them"):
+        DTDTextures(tmp_path / "dtd")
+
+
 # --- export: a folder as output stops before the work; a full disk is one line whatever the writer ------------------
 
 def test_export_to_a_folder_is_refused_before_the_work(tmp_path, capsys):
