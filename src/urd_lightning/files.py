@@ -40,7 +40,8 @@ def disk_error(exc: BaseException, path: Path, needed: int | None = None) -> Out
     """
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+        # safetensors reports a full disk as SafetensorError("... No space left on device (os error 28)").
+        if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or "No space left on device" in str(seen):
             free = free_bytes(path)
             need = f"about {_mb(needed)} needed, " if needed else ""
             have = f"{_mb(free)} free" if free is not None else "free space unknown"
