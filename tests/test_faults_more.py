@@ -276,3 +276,56 @@ def test_full_disk_during_weights_or_torchscript_export_is_one_line(tmp_path, ca
     assert code == 2 and "no space left on the disk while writing" in line and "0.0 MB" not in line
     assert snapshot(tmp_path) == before  # no half-written model, no hidden temporary file
 
+
+# --- wordings ---------------------------------------------------------------------------------------------------------
+
+def test_disk_full_line_gives_a_small_size_in_kb_not_zero_mb(tmp_path):
+    import errno
+
+    from urd_lightning.files import disk_error
+
+    line = str(disk_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "m.json", needed=2300))
+    assert "about 2.2 KB needed" in line
+
+
+def test_resume_given_a_folder_says_it_is_a_folder(tmp_path):
+    from urd_lightning.errors import CheckpointError
+    from urd_lightning.training.preemption import resume_path
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file: .* it holds .*last.ckpt"):
+        resume_path(str(tmp_path / "run"), tmp_path)
+
+
+def test_data_download_folder_says_there_is_nothing_to_download(tmp_path, capsys):
+    code, line = run_cli(capsys, "data", "download", "folder", "--root", str(tmp_path / "mine"))
+    assert code == 2 and "your own images: there is nothing to download" in line and "Get it from" not in line
+
+
+def test_nan_advice_suggests_full_precision_only_to_a_reduced_precision_run():
+    from types import SimpleNamespace
+
+    from urd_lightning.training.module import URDModule
+
+    advice = {p: URDModule._nan_advice(SimpleNamespace(_trainer=SimpleNamespace(precision=p)))
+              for p in ("32-true", "bf16-mixed")}
+    assert "32-true" not in advice["32-true"] and "full precision already" in advice["32-true"]
+    assert "trainer.precision=32-true (this run used bf16-mixed)" in advice["bf16-mixed"]
+
+
+def test_no_threshold_advice_does_not_suggest_a_probability(tmp_path, capsys):
+    _images(tmp_path / "in", ["a.png"])
+    code, line = run_cli(capsys, "predict", f"ckpt={_tiny_checkpoint(tmp_path)}", f"input={tmp_path / 'in'}",
+                         f"output={tmp_path / 'out'}", "progress=false")
+    assert code == 2 and "stores no thresholds" in line and "threshold=0.5" not in line and "raw_score" in line
+
+
+def test_predict_lists_a_dangling_symlink_instead_of_skipping_it_silently(tmp_path, capsys):
+    _images(tmp_path / "in", ["a.png"])
+    (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert run_cli(capsys, "predict", f"ckpt={_tiny_checkpoint(tmp_path)}", f"input={tmp_path / 'in'}",
+                   f"output={tmp_path / 'out'}", "threshold=0.5", "progress=false") == (0, "")
+    rows = {Path(r["image_path"]).name: r for r in _rows(tmp_path / "out")}
+    assert rows["a.png"]["status"] == "ok" and rows["gone.png"]["status"] == "unreadable"
+    assert "broken symbolic link" in rows["gone.png"]["error"]

@@ -19,6 +19,11 @@ from urd_lightning.errors import DiskFullError, OutputError
 
 
 def _mb(n: float) -> str:
+    """A size for a message, in the unit that shows it (a 2 KB JSON file is not "0.0 MB")."""
+    if n < 2**10:
+        return f"{int(n)} bytes"
+    if n < 2**20:
+        return f"{n / 2**10:.1f} KB"
     return f"{n / 2**20:.1f} MB"
 
 

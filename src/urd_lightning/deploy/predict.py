@@ -138,6 +138,14 @@ def _clear_previous(out: Path, files: Sequence[Path], overwrite: bool) -> None:
             target.unlink()
 
 
+def _broken_links(source: Path, recursive: bool) -> list[Path]:
+    """Symbolic links under ``source`` with an image name whose target is missing (listed, never skipped silently)."""
+    if not source.is_dir():
+        return []
+    candidates = source.rglob("*") if recursive else source.glob("*")
+    return sorted(p for p in candidates if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def _display_map(normalized: np.ndarray | None, raw: np.ndarray, pixel_threshold: float) -> np.ndarray:
     if normalized is not None:
         return normalized
@@ -244,6 +252,10 @@ def predict(
     _clear_previous(out, files, overwrite)
     names = output_names(files, source if source.is_dir() else None)
     rows: list[dict[str, Any]] = []
+    for link in _broken_links(source, recursive):
+        log.warning("skipping broken symbolic link %s (its target %s does not exist)", link, link.readlink())
+        rows.append({"image_path": str(link), "status": "unreadable",
+                     "error": f"broken symbolic link: its target {link.readlink()} does not exist"})
     with tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             chunk = list(zip(files[start : start + batch_size], names[start : start + batch_size], strict=True))

@@ -144,8 +144,15 @@ class URDModule(LightningModule):
             if not torch.isfinite(value.detach()).all():
                 raise NonFiniteLossError(
                     f"{part} loss term '{name}' is {value.item()} at iteration {self.iteration + 1}; training stopped. "
-                    f"{self._checkpoint_kept()} Lower optim.lr_student/lr_teacher or use trainer.precision=32-true."
+                    f"{self._checkpoint_kept()} {self._nan_advice()}"
                 )
+
+    def _nan_advice(self) -> str:
+        """What to change after a non-finite loss: full precision only helps a run that is not in it already."""
+        precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
+        if precision in {"32-true", "32", "64-true", "64"}:
+            return "Lower optim.lr_student/lr_teacher (the run is in full precision already)."
+        return f"Lower optim.lr_student/lr_teacher or use trainer.precision=32-true (this run used {precision})."
 
     def _checkpoint_kept(self) -> str:
         """What a stopped run leaves to resume from: the last checkpoint, or the fact that there is none yet."""

@@ -57,6 +57,11 @@ def resume_path(resume: str | None, run_dir: Path) -> str | None:
         hpc = hpc_checkpoints(run_dir)
         return str(hpc[-1]) if hpc else str(last) if last.is_file() else None
     path = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt")) or sorted(path.glob("checkpoints/*.ckpt"))
+        hint = f"; it holds {found[-1]}" if found else ""
+        raise CheckpointError(f"resume={resume}: {path} is a folder, not a checkpoint file: give the .ckpt file "
+                              f"itself{hint} (or resume=last / resume=auto for this run)")
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: {path} does not exist; train without resume= (or with resume=auto)")
     return str(path)
