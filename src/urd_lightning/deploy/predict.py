@@ -24,7 +24,16 @@ from tqdm.auto import tqdm
 
 from urd_lightning.data.transforms import read_rgb
 from urd_lightning.deploy.inference import URDInferencer, resize_map
-from urd_lightning.deploy.outputs import heatmap_overlay, output_names, write_csv, write_json, write_map, write_png
+from urd_lightning.deploy.outputs import (
+    clear_previous,
+    heatmap_overlay,
+    inside,
+    output_names,
+    write_csv,
+    write_json,
+    write_map,
+    write_png,
+)
 from urd_lightning.errors import ConfigError, DataError
 from urd_lightning.files import ensure_writable
 
@@ -103,39 +112,6 @@ def list_images(source: Path, recursive: bool = True) -> list[Path]:
     if not files:
         raise DataError(f"input folder {source} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
-
-
-# What predict writes into its output folder: a folder holding any of these holds an earlier prediction.
-PREDICT_OUTPUTS = ("results.csv", "results.json", "overlays", "masks", "maps")
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
-
-
-def _clear_previous(out: Path, files: Sequence[Path], overwrite: bool) -> None:
-    """Refuse an output folder with an earlier prediction, or (``overwrite``) remove that prediction's files.
-
-    Writing a new set over an old one would leave the old overlays, masks and maps of images that are not in the new
-    tables; the tables and the files must describe the same images.
-    """
-    import shutil
-
-    found = [name for name in PREDICT_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
-    if not found:
-        return
-    if not overwrite:
-        raise ConfigError(f"predict: output {out} already holds a prediction ({', '.join(found)}); give a new "
-                          "output=... or add overwrite=true to replace it")
-    if any(_inside(f, out / name) for f in files for name in found):
-        raise ConfigError(f"predict: the input images lie inside {out}'s earlier prediction, which overwrite=true "
-                          "would remove; give another output=...")
-    for name in found:
-        target = out / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
 
 
 def _broken_links(source: Path, recursive: bool) -> list[Path]:
@@ -245,11 +221,11 @@ def predict(
     source, out = Path(input), Path(output)
     ensure_writable(out, "output")
     files = list_images(source, recursive)
-    if source.is_dir() and _inside(out, source):  # never score the outputs of an earlier run into this folder
-        files = [f for f in files if not _inside(f, out)]
+    if source.is_dir() and inside(out, source):  # never score the outputs of an earlier run into this folder
+        files = [f for f in files if not inside(f, out)]
         if not files:
             raise DataError(f"input folder {source} has no image files outside the output folder {out}")
-    _clear_previous(out, files, overwrite)
+    clear_previous(out, files, overwrite)
     names = output_names(files, source if source.is_dir() else None)
     rows: list[dict[str, Any]] = []
     for link in _broken_links(source, recursive):
