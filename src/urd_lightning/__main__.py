@@ -9,6 +9,7 @@ and exit 2, never a stack trace.
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import sys
 
@@ -25,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "benchmark": ("urd_lightning.benchmark.runner", "main", "every category of a benchmark: benchmark dataset=mvtec"),
     "report": ("urd_lightning.benchmark.report", "main", "tables and plots from a results folder: report DIR"),
 }
+
+
+# Where a path given on the command line is read-only, not a folder, or a file stands where a folder must be made.
+_PLACE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 
 
 def _usage() -> str:
@@ -66,9 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     except URDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # 130: the shell's code for SIGINT; training says how to continue
-        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # a folder that cannot be made or written (read-only, a file in the way): one line
+        if exc.errno not in _PLACE_ERRNOS or exc.filename is None:
+            raise
+        print(f"error: cannot write {exc.filename}: {exc.strerror}; choose a folder you can write to (a --root, "
+              "output_dir=, data.root= or data.cache_dir= / data.pixel_cache_dir= that is a writable folder)",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # 130: the shell's code for SIGINT (training: 143 after SIGTERM); how to continue
+        label = getattr(exc, "label", "interrupted")
+        print(f"{label}: {exc}" if str(exc) else label, file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

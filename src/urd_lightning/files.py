@@ -19,6 +19,11 @@ from urd_lightning.errors import DiskFullError, OutputError
 
 
 def _mb(n: float) -> str:
+    """A size for a message, in the unit that shows it (a 2 KB JSON file is not "0.0 MB")."""
+    if n < 2**10:
+        return f"{int(n)} bytes"
+    if n < 2**20:
+        return f"{n / 2**10:.1f} KB"
     return f"{n / 2**20:.1f} MB"
 
 
@@ -40,7 +45,8 @@ def disk_error(exc: BaseException, path: Path, needed: int | None = None) -> Out
     """
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+        # safetensors reports a full disk as SafetensorError("... No space left on device (os error 28)").
+        if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or "No space left on device" in str(seen):
             free = free_bytes(path)
             need = f"about {_mb(needed)} needed, " if needed else ""
             have = f"{_mb(free)} free" if free is not None else "free space unknown"

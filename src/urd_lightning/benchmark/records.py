@@ -8,6 +8,7 @@ plots only read them.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ def read_run(run_dir: Path) -> RunRecord:
     metrics_path = folder.metrics
     try:
         metrics = json.loads(metrics_path.read_text())
+        for block in ("final", "oracle"):  # an undefined metric is written as null (strict JSON): NaN again here
+            if isinstance(metrics.get(block), dict):
+                metrics[block] = {k: math.nan if v is None else v for k, v in metrics[block].items()}
         dataset, category, run = metrics["dataset"], metrics["category"], metrics["run"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise URDError(

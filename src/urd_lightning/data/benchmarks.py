@@ -133,13 +133,19 @@ def _index_visa_official(root: Path, category: str, split: str, split_csv: Path)
     return sorted(samples, key=lambda s: s.image_path)
 
 
+def held_out(count: int, ratio: float) -> set[int]:
+    """Positions of the ``round(count * ratio)`` images held out for testing, spread evenly over ``0..count-1``."""
+    k = min(count, int(count * ratio + 0.5))
+    return {int((i + 0.5) * count / k) for i in range(k)} if k else set()
+
+
 def index_folder(root: str | Path, category: str, split: str, normal_dir: str = "good",
                  abnormal_dir: str | None = None, mask_dir: str | None = None, normal_test_dir: str | None = None,
                  normal_split_ratio: float = 0.2) -> list[Sample]:
     """The user's own images; directories are relative to ``root``.
 
-    Without ``normal_test_dir``, every k-th normal image (k = round(1 / normal_split_ratio)) goes to test, a
-    split that is deterministic and does not depend on any seed.
+    Without ``normal_test_dir``, ``normal_split_ratio`` of the normal images (rounded) go to test, spread evenly
+    over the sorted list (:func:`held_out`): a split that is deterministic and does not depend on any seed.
     """
     _check_split(split)
     root = Path(root)
@@ -149,9 +155,13 @@ def index_folder(root: str | Path, category: str, split: str, normal_dir: str = 
     if normal_test_dir:
         train_normal, test_normal = normal, list_images(root / normal_test_dir)
     elif normal_split_ratio > 0:
-        step = max(2, round(1 / normal_split_ratio))
-        test_normal = normal[step - 1::step]
-        train_normal = [p for p in normal if p not in set(test_normal)]
+        held = held_out(len(normal), normal_split_ratio)
+        test_normal = [p for i, p in enumerate(normal) if i in held]
+        train_normal = [p for i, p in enumerate(normal) if i not in held]
+        if not train_normal and split == "train":
+            raise DataError(f"data.normal_split_ratio={normal_split_ratio} holds out all {len(normal)} normal images "
+                            f"of {root / normal_dir}: none is left to train on; use a ratio below 1 or "
+                            "data.normal_test_dir")
     else:
         train_normal, test_normal = normal, []
     if split == "train":

@@ -147,14 +147,23 @@ class AnomalyDataModule(L.LightningDataModule):
         if self._train_sampler is not None:
             self._train_sampler.set_epoch(epoch)
 
-    def resume_mid_epoch(self, batches_done: int) -> None:
-        """Continue the current epoch after its first ``batches_done`` batches (a resume from a mid-epoch checkpoint).
+    def _position(self, sampler: TrainSampler) -> tuple[int, int]:
+        """The epoch and the batches already trained of it where this fit continues (``(epoch, 0)`` on a fresh start).
 
-        Lightning restarts a plain DataLoader from the epoch's first batch; skipping what was trained keeps a resumed
-        run identical to an uninterrupted one (the order and the synthesis depend only on seed, epoch and sample).
+        Called when the training loader is built: Lightning builds its iterator before ``on_train_start`` and before
+        it sets the sampler's epoch, and a loader with workers draws its first indices from the sampler right then.
+        So the position of a resumed run must be in the sampler already: the epoch of the checkpoint's iteration and,
+        for a checkpoint that cut an epoch, the batches of it that were trained (Lightning restarts a plain DataLoader
+        from the epoch's first batch). One batch is one iteration and every epoch has the same number of batches, so
+        both follow from the iteration alone; the order and the synthesis depend only on seed, epoch and sample.
         """
-        if self._train_sampler is not None:
-            self._train_sampler.skip_next(batches_done * self.train_batch_size)
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        iteration = getattr(module, "iteration", None)
+        if not isinstance(iteration, int) or iteration <= 0:
+            return self._epoch, 0
+        batches = max(1, -(-len(sampler) // self.train_batch_size))  # drop_last=False: the last batch counts
+        return divmod(iteration, batches)
 
     def _loader(self, dataset: AnomalyDataset | None, batch_size: int, sampler: Any) -> DataLoader:
         if dataset is None:
@@ -173,8 +182,11 @@ class AnomalyDataModule(L.LightningDataModule):
             self.setup("fit")
         assert self.train_data is not None
         rank, world = _dist_rank_world()
-        self._train_sampler = TrainSampler(len(self.train_data), self.seed, shuffle=True, rank=rank, world_size=world)
-        self._train_sampler.set_epoch(self._epoch)
+        sampler = TrainSampler(len(self.train_data), self.seed, shuffle=True, rank=rank, world_size=world)
+        epoch, done = self._position(sampler)
+        sampler.set_epoch(epoch)
+        sampler.skip_next(done * self.train_batch_size)
+        self._epoch, self._train_sampler = epoch, sampler
         return self._loader(self.train_data, self.train_batch_size, self._train_sampler)
 
     def test_dataloader(self) -> DataLoader:

@@ -178,9 +178,13 @@ def download_benchmark(benchmark: str, root: str | Path, progress: bool = True) 
     root = Path(root)
     if benchmark in MANUAL:
         url, tree = MANUAL[benchmark]
+        where = tree.replace("<root>", str(root))
+        check = f"then run: python -m urd_lightning data check {benchmark} --root {root}"
+        if benchmark == "folder":  # the user's own images: nothing to download
+            raise DataError(f"the folder benchmark is your own images: there is nothing to download. Arrange them as "
+                            f"{where}; {check}")
         raise DataError(f"{benchmark} has no archive with a published checksum. Get it from {url} and arrange it as "
-                        f"{tree.replace('<root>', str(root))}; then run: python -m urd_lightning data check "
-                        f"{benchmark} --root {root}")
+                        f"{where}; {check}")
     if benchmark not in ARCHIVES:
         raise DataError(f"unknown benchmark {benchmark!r}; downloadable: {', '.join(ARCHIVES)}")
     info = ARCHIVES[benchmark]

@@ -126,6 +126,13 @@ class DTDTextures(_TextureBank):
         if not self.paths:
             raise DataError(f"no DTD images under {base} (data.dtd_root): expected images/<class>/*.jpg. Get DTD with: "
                             f"python -m urd_lightning data download dtd --root {root}, or set data.textures=procedural")
+        # An empty file (an interrupted copy) would stop training inside a loader worker, mid-epoch, with a
+        # traceback; a stat per file finds it at set-up. `data check dtd` also finds files that do not decode.
+        empty = [p for p in self.paths if p.is_file() and p.stat().st_size == 0]
+        if empty:
+            raise DataError(f"{len(empty)} empty (0-byte) DTD image(s) under {base}, e.g. {empty[0]}: delete them or "
+                            f"get DTD again (python -m urd_lightning data download dtd --root {root}); "
+                            f"python -m urd_lightning data check dtd --root {root} lists every unreadable one")
         digest = content_digest(self.paths, cache_dir) if cache_dir else ""  # the cache key: every image's bytes
         super().__init__(len(self.paths), f"dtd|{digest}|{self.resize}", cache_dir)
 

@@ -17,6 +17,9 @@ Two resize methods (``data.resize``):
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -31,12 +34,55 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 RESIZE_METHODS = ("pil", "cv2")  # pil = the authors' (default); cv2 = faster, what older checkpoints used
 
 
+# Decompression-bomb guard: a small file can declare a huge image (a 388 KB PNG of 20000 x 20000 pixels decodes to
+# 1.2 GB and took 8.7 GB in predict). Pillow refuses above twice its MAX_IMAGE_PIXELS (179 million pixels) by
+# default; OpenCV only above 2**30. Images above this many pixels are refused before decoding; the environment
+# variable raises the limit (0 = none) for genuine large images.
+MAX_PIXELS_ENV = "URD_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+
+def max_pixels() -> int:
+    """The decoded-pixel limit: ``URD_MAX_IMAGE_PIXELS`` when set (0 = no limit), else Pillow's error limit."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    try:
+        return int(raw) if raw else DEFAULT_MAX_PIXELS
+    except ValueError as exc:
+        raise DataError(f"{MAX_PIXELS_ENV}={raw!r} is not a whole number of pixels (0 = no limit)") from exc
+
+
+def _check_pixels(path: str | Path, data: np.ndarray) -> None:
+    """Refuse an image whose header declares more pixels than :func:`max_pixels` (read from the header only)."""
+    limit = max_pixels()
+    if limit <= 0:
+        return
+    fix = f"if it is genuine, set {MAX_PIXELS_ENV}=<pixels> (0 = no limit)"
+    try:
+        with warnings.catch_warnings():  # Pillow warns from half its limit on; the decision is made here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(memoryview(data))) as header:  # lazy: reads the size, decodes nothing
+                width, height = header.size
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, 2 x Image.MAX_IMAGE_PIXELS, is exceeded
+        if Image.MAX_IMAGE_PIXELS is not None and limit <= 2 * Image.MAX_IMAGE_PIXELS:
+            raise DataError(f"image {path} declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, above the "
+                            f"limit of {limit:,} (a decompression bomb guard); {fix}") from exc
+        return  # a raised limit: OpenCV decodes it
+    except (OSError, ValueError, SyntaxError):
+        return  # not a format Pillow reads (or a broken header): OpenCV decides below
+    if width * height > limit:
+        raise DataError(f"image {path} declares {width}x{height} = {width * height:,} pixels, above the limit of "
+                        f"{limit:,} (about {width * height * 3 / 1e9:.1f} GB to decode: a decompression bomb guard); "
+                        f"{fix}")
+
+
 def _decode(path: str | Path, flags: int) -> np.ndarray:
     # np.fromfile + imdecode instead of cv2.imread: works with non-ASCII paths on every OS.
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
+    if data.size:
+        _check_pixels(path, data)
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise DataError(f"unreadable or truncated image: {path} (run 'python -m urd_lightning data check')")

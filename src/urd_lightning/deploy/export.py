@@ -22,6 +22,7 @@ optimizer or loop state) and its extras to a ``.safetensors`` file that ``predic
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -167,8 +168,11 @@ def _export_torchscript(graph: nn.Module, path: Path, image_size: int, metadata:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice; the trace is checked below
         traced = torch.jit.trace(graph, (example,), check_trace=False)
-        write_via(path, lambda tmp: torch.jit.save(traced, str(tmp),
-                                                   _extra_files={f"{EXTRAS_KEY}.json": json.dumps(metadata)}))
+        # Serialised in memory, then written by Python: torch.jit.save writing to a full disk aborts the process
+        # in C++ (exit 134) and leaves its temporary file behind; a Python write fails with ENOSPC (write_atomic).
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={f"{EXTRAS_KEY}.json": json.dumps(metadata)})
+        write_atomic(path, buffer.getvalue())
         loaded = torch.jit.load(str(path), map_location="cpu")
 
     def run(image: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,6 +204,13 @@ def _metadata(info: CheckpointInfo) -> dict[str, Any]:
         "checkpoint": str(info.path),
         "version": info.version,
     }
+
+
+def _check_output_file(output: str | Path | None, format: str) -> None:  # noqa: A002 - the CLI key
+    """An output that is a folder stops before any work (it would fail only after the export and its check)."""
+    if output is not None and Path(output).is_dir():
+        raise ConfigError(f"export: output={output} is a folder; give a file name, e.g. "
+                          f"output={Path(output) / ('last' + SUFFIXES[format])}")
 
 
 def _export_weights(ckpt: Path, output: str | Path | None, trust_checkpoint: bool) -> dict[str, Any]:
@@ -241,6 +252,7 @@ def export(
         raise ConfigError(f"export: format={format!r}; use format=onnx, format=torchscript or format=weights")
     if opset < DEFAULT_OPSET:
         raise ConfigError(f"export: opset={opset} is below {DEFAULT_OPSET}, the lowest this export supports")
+    _check_output_file(output, format)
     if format == "weights":
         return _export_weights(Path(ckpt), output, trust_checkpoint)
     model, info = load_model(ckpt, trust_checkpoint=trust_checkpoint)

@@ -20,6 +20,7 @@ pixel-level stats for maps). The threshold maps to exactly 0.5; raw values stay 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,15 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def _raw_score_scale(info: CheckpointInfo) -> str:
+    """Where a threshold for this checkpoint's raw scores lies (they are not probabilities in [0, 1])."""
+    stats = info.score_stats
+    if stats:
+        return f"its raw image scores ran from {stats['image_min']:.3g} to {stats['image_max']:.3g} on the test set"
+    return ("raw scores are the anomaly map's maximum, a sum of three cosine distances (0 to 6, not a probability): "
+            "predict images you know to be good with threshold=6 and take one above their raw_score")
+
+
 class URDInferencer:
     """A trained URD network plus its thresholds and score statistics, ready to judge images.
 
@@ -125,13 +135,14 @@ class URDInferencer:
         pixel_threshold: float | None = None,
         device: str = "cpu",
     ) -> None:
+        for key, value in (("threshold", threshold), ("pixel_threshold", pixel_threshold)):
+            if value is not None and not math.isfinite(value):  # NaN would call every image normal, silently
+                raise ConfigError(f"{key}={value} is not a finite number: give a raw score, e.g. {key}=1.5")
         stored = info.thresholds or {}
         image_threshold = threshold if threshold is not None else stored.get("image")
         if image_threshold is None:
-            raise CheckpointError(
-                f"{info.path} stores no thresholds (trained without evaluation): pass threshold=<raw score> "
-                "to decide anomalous vs normal, e.g. threshold=0.5"
-            )
+            raise CheckpointError(f"{info.path} stores no thresholds (trained without evaluation): pass "
+                                  f"threshold=<raw score> to decide anomalous vs normal; {_raw_score_scale(info)}")
         if pixel_threshold is None:
             pixel_threshold = stored.get("pixel", image_threshold)
         self.info = info

@@ -15,12 +15,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from urd_lightning.errors import ConfigError
 from urd_lightning.files import write_atomic, write_via
 
 # Weight of the heatmap in the overlay: half and half keeps the defect visible under the colours.
@@ -125,3 +128,35 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_json(path: Path, summary: dict[str, Any]) -> None:
     """Write the run summary as indented JSON."""
     write_atomic(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+# What predict writes into its output folder: a folder holding any of these holds an earlier prediction.
+PREDICT_OUTPUTS = ("results.csv", "results.json", "overlays", "masks", "maps")
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` (links resolved)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def clear_previous(out: Path, files: Sequence[Path], overwrite: bool) -> None:
+    """Refuse an output folder with an earlier prediction, or (``overwrite``) remove that prediction's files.
+
+    Writing a new set over an old one would leave the old overlays, masks and maps of images that are not in the new
+    tables; the tables and the files must describe the same images.
+    """
+    found = [name for name in PREDICT_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(f"predict: output {out} already holds a prediction ({', '.join(found)}); give a new "
+                          "output=... or add overwrite=true to replace it")
+    if any(inside(f, out / name) for f in files for name in found):
+        raise ConfigError(f"predict: the input images lie inside {out}'s earlier prediction, which overwrite=true "
+                          "would remove; give another output=...")
+    for name in found:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()

@@ -27,7 +27,16 @@ from urd_lightning.config import read_command_line
 from urd_lightning.config.cli import Command, Option
 from urd_lightning.data.transforms import read_rgb
 from urd_lightning.deploy.inference import URDInferencer, resize_map
-from urd_lightning.deploy.outputs import heatmap_overlay, output_names, write_csv, write_json, write_map, write_png
+from urd_lightning.deploy.outputs import (
+    clear_previous,
+    heatmap_overlay,
+    inside,
+    output_names,
+    write_csv,
+    write_json,
+    write_map,
+    write_png,
+)
 from urd_lightning.errors import ConfigError, DataError
 from urd_lightning.files import ensure_writable
 
@@ -40,7 +49,8 @@ NORMALIZATION_FORMULA = "clamp((raw - threshold) / (max - min) + 0.5, 0, 1)"
 PREDICT = Command("predict", "Score images with a trained checkpoint: scores, decisions, maps, overlays and masks, "
                   "results.csv and results.json under output/.", options=(
     Option("ckpt", str, None, "checkpoint written by training, or export's .safetensors", required=True),
-    Option("input", str, None, "an image file or a folder of images", required=True),
+    Option("input", str, None, "an image file or a folder of images (hidden files and folders, names starting "
+           "with '.', are skipped)", required=True),
     Option("output", str, "predictions", "folder for the outputs (created)"),
     Option("threshold", float, None, "raw image threshold overriding the checkpoint's"),
     Option("pixel_threshold", float, None, "raw pixel threshold overriding the checkpoint's"),
@@ -52,6 +62,7 @@ PREDICT = Command("predict", "Score images with a trained checkpoint: scores, de
     Option("save_maps", bool, True, "also write the raw maps as .npy"),
     Option("progress", bool, True, "show a progress bar"),
     Option("trust_checkpoint", bool, False, "allow unsafe (weights_only=False) loading of a file you trust"),
+    Option("overwrite", bool, False, "replace an earlier prediction in output (without it such a folder is refused)"),
 ), examples=("urd predict ckpt=results/mvtec/bottle/<run>/checkpoints/last.ckpt input=photos/ output=out/",
              "urd predict ckpt=last.ckpt input=part.tif threshold=0.62 score=normalized"))
 
@@ -77,6 +88,14 @@ def list_images(source: Path, recursive: bool = True) -> list[Path]:
     if not files:
         raise DataError(f"input folder {source} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
+
+
+def _broken_links(source: Path, recursive: bool) -> list[Path]:
+    """Symbolic links under ``source`` with an image name whose target is missing (listed, never skipped silently)."""
+    if not source.is_dir():
+        return []
+    candidates = source.rglob("*") if recursive else source.glob("*")
+    return sorted(p for p in candidates if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _display_map(normalized: np.ndarray | None, raw: np.ndarray, pixel_threshold: float) -> np.ndarray:
@@ -141,6 +160,7 @@ def predict(
     save_maps: bool = True,
     progress: bool = True,
     trust_checkpoint: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score every image of ``input`` and write the outputs under ``output`` (see the module docstring).
 
@@ -157,6 +177,7 @@ def predict(
         save_maps: also write the raw maps as ``.npy``.
         progress: show a progress bar.
         trust_checkpoint: allow unsafe (``weights_only=False``) loading of a file you trust.
+        overwrite: replace an earlier prediction in ``output`` (without it such a folder is refused).
 
     Returns:
         The run summary written to ``results.json``.
@@ -176,8 +197,17 @@ def predict(
     source, out = Path(input), Path(output)
     ensure_writable(out, "output")
     files = list_images(source, recursive)
+    if source.is_dir() and inside(out, source):  # never score the outputs of an earlier run into this folder
+        files = [f for f in files if not inside(f, out)]
+        if not files:
+            raise DataError(f"input folder {source} has no image files outside the output folder {out}")
+    clear_previous(out, files, overwrite)
     names = output_names(files, source if source.is_dir() else None)
     rows: list[dict[str, Any]] = []
+    for link in _broken_links(source, recursive):
+        log.warning("skipping broken symbolic link %s (its target %s does not exist)", link, link.readlink())
+        rows.append({"image_path": str(link), "status": "unreadable",
+                     "error": f"broken symbolic link: its target {link.readlink()} does not exist"})
     with tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             chunk = list(zip(files[start : start + batch_size], names[start : start + batch_size], strict=True))

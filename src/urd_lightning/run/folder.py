@@ -52,9 +52,14 @@ class RunLock:
     def __init__(self, path: Path, holder: str) -> None:
         self.path, self.holder = path, holder
         self._handle: IO[str] | None = None
+        self._created: list[Path] = []  # the folders acquire() made, deepest first
 
     def acquire(self) -> RunLock:
         """Take the lock, or raise :class:`RunFolderInUse` naming the process that holds it."""
+        missing = self.path.parent
+        while not missing.exists():
+            self._created.append(missing)
+            missing = missing.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115 - held open for the run's lifetime
         if fcntl is not None:
@@ -75,10 +80,21 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Let the next run in (closing the file drops the lock)."""
+        """Let the next run in (closing the file drops the lock).
+
+        A run that stopped before writing anything (bad data, a refused input) leaves no folder behind: when the run
+        folder holds only the lock, the lock file and the folders :meth:`acquire` made are removed again.
+        """
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        if self._created and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+            self.path.unlink(missing_ok=True)
+            for folder in self._created:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (another run's files): keep it
+                    break
 
 
 class RunFolder:

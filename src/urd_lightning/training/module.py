@@ -123,15 +123,6 @@ class URDModule(LightningModule):
             self._compiled = True
 
     @override
-    def on_train_start(self) -> None:
-        # After a resume from a mid-epoch checkpoint (a preempted SLURM job) continue that epoch where it stopped.
-        batches = self.trainer.num_training_batches
-        done = self.iteration - self.current_epoch * int(batches) if math.isfinite(batches) else 0
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if 0 < done < batches and hasattr(datamodule, "resume_mid_epoch"):
-            datamodule.resume_mid_epoch(done)
-
-    @override
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "set_epoch"):
@@ -156,8 +147,15 @@ class URDModule(LightningModule):
             if not torch.isfinite(value.detach()).all():
                 raise NonFiniteLossError(
                     f"{part} loss term '{name}' is {value.item()} at iteration {self.iteration + 1}; training stopped. "
-                    f"{self._checkpoint_kept()} Lower optim.lr_student/lr_teacher or use trainer.precision=32-true."
+                    f"{self._checkpoint_kept()} {self._nan_advice()}"
                 )
+
+    def _nan_advice(self) -> str:
+        """What to change after a non-finite loss: full precision only helps a run that is not in it already."""
+        precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
+        if precision in {"32-true", "32", "64-true", "64"}:
+            return "Lower optim.lr_student/lr_teacher (the run is in full precision already)."
+        return f"Lower optim.lr_student/lr_teacher or use trainer.precision=32-true (this run used {precision})."
 
     def _checkpoint_kept(self) -> str:
         """What a stopped run leaves to resume from: the last checkpoint, or the fact that there is none yet."""

@@ -6,7 +6,7 @@ iteration (and, under DDP, while the other rank is inside a collective). Here th
 end of the iteration the ranks agree on it, every rank saves ``hpc_ckpt_<N>.ckpt`` (Lightning's name, so Lightning's
 own SLURM auto-resume finds it too) in the run folder, rank zero runs ``scontrol requeue <job>`` and training stops
 without the final evaluation. The requeued job (same run folder: the run name does not depend on the job) resumes
-with ``resume=auto``; ``URDModule.on_train_start`` continues a cut epoch where it stopped, so nothing is lost
+with ``resume=auto``; ``AnomalyDataModule.train_dataloader`` continues a cut epoch where it stopped, so nothing is lost
 beyond the iteration in progress.
 
 Under ``benchmark --slurm`` the training is the child of a submitit job process, and submitit requeues the task
@@ -58,6 +58,11 @@ def resume_path(resume: str | None, folder: RunFolder) -> str | None:
         hpc = hpc_checkpoints(folder.path)
         return str(hpc[-1]) if hpc else str(last) if last.is_file() else None
     path = last if resume == "last" else Path(resume)
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt")) or sorted(path.glob("checkpoints/*.ckpt"))
+        hint = f"; it holds {found[-1]}" if found else ""
+        raise CheckpointError(f"resume={resume}: {path} is a folder, not a checkpoint file: give the .ckpt file "
+                              f"itself{hint} (or resume=last / resume=auto for this run)")
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: {path} does not exist; train without resume= (or with resume=auto)")
     return str(path)

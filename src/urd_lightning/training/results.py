@@ -26,9 +26,48 @@ METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_
                 "pixel_AUPRO_per_image")
 
 
+# Why a metric is null in metrics.json: a metric without anomalous (or normal) test images is undefined (NaN).
+UNDEFINED_NOTE = ("null = undefined: the test split lacks anomalous (or normal) images, and each metric needs both "
+                  "(`python -m urd_lightning data check` names what is missing)")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None.
+
+    Strict JSON has no NaN: ``json.dumps`` writes a bare ``NaN`` token that most readers outside Python reject.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def has_undefined(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or infinite float anywhere (what :func:`json_safe` replaces)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(has_undefined(v) for v in value.values())
+    return isinstance(value, list | tuple) and any(has_undefined(v) for v in value)
+
+
+def metric_values(section: dict[str, Any] | None) -> dict[str, float]:
+    """A ``final``/``oracle`` block of ``metrics.json`` as floats, a null (undefined metric) read back as NaN."""
+    return {k: math.nan if v is None else float(v) for k, v in (section or {}).items()}
+
+
 def write_metrics(folder: RunFolder, payload: dict[str, Any]) -> Path:
-    """The run's ``metrics.json`` (design.md "results" format); returns its path."""
-    return write_atomic(folder.metrics, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    """The run's ``metrics.json`` (design.md "results" format); returns its path.
+
+    Strict JSON: an undefined metric (NaN) is written as null, and a top-level ``"null"`` entry says why.
+    """
+    safe = json_safe(payload)
+    if has_undefined(payload):
+        safe["null"] = UNDEFINED_NOTE
+    return write_atomic(folder.metrics, json.dumps(safe, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def plot_curves(folder: RunFolder, curves: dict[str, Any]) -> list[Path]:

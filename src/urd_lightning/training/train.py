@@ -56,8 +56,30 @@ def _check_resume_file(cfg: DictConfig, path: str) -> int:
     if not isinstance(checkpoint, dict) or EXTRAS_KEY not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(f"resume={cfg.resume}: {path} is not a training checkpoint of urd-lightning (no "
                               f"'{EXTRAS_KEY}' extras or loop state); give a last.ckpt that training wrote")
-    CheckpointExtras.read(path, checkpoint, fix="give a last.ckpt that training wrote")
+    extras = CheckpointExtras.read(path, checkpoint, fix="give a last.ckpt that training wrote")
+    _check_resume_model(cfg, path, extras.model)
     return int(checkpoint.get("global_step", 0))
+
+
+# The model keys that decide the network's parameters and the optimizers (the others only initialise it).
+RESUME_MODEL_KEYS = ("backbone", "injection", "expert", "train_teacher")
+
+
+def _check_resume_model(cfg: DictConfig, path: str, recorded: dict | None) -> None:
+    """Stop with one line when the checkpoint's recorded network is not the config's (before anything is built).
+
+    Args:
+        cfg: the run's config.
+        path: the checkpoint, for the message.
+        recorded: the model keys the checkpoint's extras record (``CheckpointExtras.model``).
+    """
+    if not isinstance(recorded, dict) or not recorded:
+        return  # an older checkpoint without the record: Lightning's own loading decides
+    differing = [f"model.{key}={recorded[key]} in the checkpoint, {cfg.model[key]} here" for key in RESUME_MODEL_KEYS
+                 if key in recorded and key in cfg.model and recorded[key] != cfg.model[key]]
+    if differing:
+        raise CheckpointError(f"resume={cfg.resume}: {path} was trained with another network ({'; '.join(differing)}); "
+                              "resume with the checkpoint's model.* values, or train without resume=")
 
 
 def _measured_elsewhere(trainer: Trainer, module: URDModule, folder: RunFolder) -> dict[str, float]:
@@ -90,7 +112,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     # Checkpoints hold the state after each iteration's updates, which is exactly what resuming needs.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved")
-    # A preempted run's checkpoint cuts an epoch; URDModule.on_train_start continues that epoch's order exactly.
+    # A preempted run's checkpoint cuts an epoch; the data module continues that epoch's order exactly.
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     folder = RunFolder.of(cfg)
     ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
@@ -150,7 +172,7 @@ def _train(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None, resumed_st
             "texture_source": cfg.data.textures,  # dtd (the paper's) | procedural | none (no synthesis)
             "augment": OmegaConf.to_container(cfg.data, resolve=True)["augment"]}  # false | flips | the pipeline
     results = ResultsWriter(folder, meta, logger, log_model=bool(cfg.wandb.log_model))
-    watch = InterruptWatch()
+    watch = InterruptWatch(folder, slurm=bool(slurm))  # SIGTERM: a checkpoint, then exit 143 (interrupt.py)
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(folder.path),
         callbacks=[checkpoint, PicturePanels(folder.images), EvaluationLine(), results, watch,
@@ -171,7 +193,8 @@ def _train(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None, resumed_st
         write_atomic(folder.config, to_yaml(cfg) + to_yaml(OmegaConf.create({"runtime": runtime})))
     if logger:
         logger.log_hyperparams({"runtime": runtime})
-    # Ctrl+C: Lightning shuts down, then exits with 1; interruption() makes it exit 130 with how to continue.
+    # Ctrl+C: Lightning shuts down, then exits with 1 (SIGTERM: 0); interruption() makes it exit 130 (143) with how
+    # to continue.
     where = {"folder": folder, "resumed_from": ckpt_path, "started": started, "per_iteration": per_iteration,
              "first_save": max(1, min(cfg.checkpoint_every_n_steps, cfg.trainer.max_steps))}
     with interruption(watch, "training", module, where, cleanup=lambda: finish(logger)):
@@ -206,5 +229,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(load_config(args.overrides))
     except TrainingInterrupted as exc:
-        raise TrainingInterrupted(exc.line(argv), None) from None  # the continue command, spelled out
+        raise TrainingInterrupted(exc.line(argv), None, exc.terminated) from None  # the continue command, spelled out
     return 0
