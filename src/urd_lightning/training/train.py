@@ -121,7 +121,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(run_dir),
         callbacks=[checkpoint, PicturePanels(run_dir / "images"), EvaluationLine(), results, watch,
-                   *([IterationProgress()] if show_progress else []), *([requeue] if requeue else []),
+                   *([IterationProgress(cfg.trainer.log_every_n_steps)] if show_progress else []), *([requeue] if requeue else []),
                    *(callbacks or [])],
         enable_progress_bar=False,
         plugins=[checkpoint_io, *([SLURMEnvironment(auto_requeue=False)] if slurm else [])],
