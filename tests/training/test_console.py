@@ -57,7 +57,7 @@ def test_the_two_known_harmless_warnings_are_silenced_and_no_other():
         warnings.simplefilter("default")
         setup_console_logging()  # its filters go in front of the "default" one just set
         LeafSpec()  # what Lightning's pytree helper does at every fit
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, but another text", FutureWarning)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, but another text", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["`isinstance(treespec, LeafSpec)` is deprecated, but another text"]
 
 

@@ -10,7 +10,6 @@ import os
 import stat
 
 import numpy as np
-import pytest
 from lightning.pytorch import Callback
 from PIL import Image
 

@@ -82,6 +82,7 @@ def roc_figure(curves: dict[str, Any], values: dict[str, float], title: str = "R
     Args:
         curves: ``curves.json`` content (``{"image_roc": {"fpr", "tpr"}, "pixel_roc": {...}}``; missing ones skipped).
         values: the metrics (``image_AUROC``, ``pixel_AUROC``).
+        title: the axis title.
     """
     fig, ax = plt.subplots(figsize=(3.4, 3.0))
     for level in ("image", "pixel"):
@@ -133,4 +134,5 @@ def save(fig: Figure, path: str | Path, close: bool = True) -> Path:
 
 
 def close(fig: Figure) -> None:
+    """Free a figure kept open for :func:`to_array`."""
     plt.close(fig)

@@ -60,6 +60,7 @@ class BarSafeHandler(logging.StreamHandler):
     """Writes each line above an active tqdm progress bar (``tqdm.write``) instead of into it."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """One formatted line through ``tqdm.write`` (plain output when no bar is active)."""
         try:
             from tqdm import tqdm
 
@@ -110,9 +111,13 @@ LOGGER_PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "
 
 
 def require_logger_package(cfg: DictConfig) -> None:
-    """Stop before any work when the chosen logger's package (an optional extra) is not installed."""
+    """Stop before any work when the chosen logger's package (an optional extra) is not installed.
+
+    W&B is the default logger but an extra: without it the run logs to CSV (:func:`build_logger`), so that a bare
+    ``pip install urd-lightning`` trains.
+    """
     module, extra = LOGGER_PACKAGES.get(str(cfg.logger), (None, None))
-    if module is not None and importlib.util.find_spec(module) is None:
+    if module is not None and module != "wandb" and importlib.util.find_spec(module) is None:
         raise ConfigError(f"logger={cfg.logger} needs the {module} package: pip install 'urd-lightning[{extra}]' "
                           "(or choose logger=csv or logger=none)")
 
@@ -135,6 +140,10 @@ def build_logger(cfg: DictConfig, run_dir: Path, resumed_at: int | None = None) 
         return False
     csv = HistoryCSVLogger(resumed_at, save_dir=str(run_dir), name="logs", version="")
     if cfg.logger == "csv":
+        return csv
+    if cfg.logger == "wandb" and importlib.util.find_spec("wandb") is None:
+        log.info("W&B is not installed: logging to CSV under %s/logs; to log to W&B, pip install "
+                 "'urd-lightning[wandb]' (logger=csv says CSV without this line)", run_dir)
         return csv
     if cfg.logger == "tensorboard":  # for clusters without W&B: `tensorboard --logdir <run>/tensorboard`
         return IterationTensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
