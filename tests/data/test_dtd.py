@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from urd_lightning.benchmark.records import RunRecord
+from urd_lightning.benchmark.records import VOLATILE_KEYS, RunRecord
 from urd_lightning.benchmark.report import markdown_table, texture_source
-from urd_lightning.benchmark.runner import VOLATILE_KEYS, Job, config_diff, plan
+from urd_lightning.benchmark.runner import Job, config_diff, plan
 from urd_lightning.config import load_config, to_yaml
 from urd_lightning.data import download as dl
 from urd_lightning.data.cli import main as data_main

@@ -15,6 +15,26 @@ from typing import Any
 
 from urd_lightning.errors import URDError
 
+# Keys that say where or how a run is executed or logged, not what is trained: they neither change the run name nor
+# make a finished category "a different config" when resuming. Device counts are among them so that a SLURM array
+# (trainer.devices=1) and its --report-only job agree on the run name; a DDP run changes the effective batch size,
+# so give it its own run= when comparing. data.dtd_root only says where DTD lies; whether DTD or procedural textures
+# were used is data.textures, which is not volatile.
+VOLATILE_KEYS = (
+    "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
+    "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps", "trainer.max_time", "runtime",
+    "data.pixel_cache_dir",  # where decoded pixels are cached: identical results with or without the cache
+    "batched_eval_forwards", "compile",  # how fast, not what is computed
+)  # fmt: skip
+
+
+def is_volatile(key: str) -> bool:
+    """Whether ``key`` (dotted) only says where or how a run executes, not what it computes."""
+    return any(key == v or key.startswith(v + ".") for v in VOLATILE_KEYS)
+
+
 REPORTS_DIRNAME = "_reports"  # folders starting with "_" are never read as categories
 # Runs written before metrics.json had one ``runtime`` block kept the speed settings in a second block, ``execution``;
 # its keys under their ``runtime`` names (the others are the same in both).

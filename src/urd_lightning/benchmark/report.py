@@ -20,6 +20,7 @@ from typing import Any
 from urd_lightning.benchmark.paper import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE
 from urd_lightning.benchmark.plots import write_plots
 from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, find_runs, group_runs
+from urd_lightning.benchmark.seeds import group_by_config, group_name, write_seed_report
 from urd_lightning.data.categories import dataset_categories, order_categories
 from urd_lightning.errors import URDError
 from urd_lightning.files import write_atomic
@@ -203,5 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             out = records[0].path.parent.parent / REPORTS_DIRNAME / run  # results/<dataset>/_reports/<run>
         paths = write_report(dataset, run, records, out, _known_categories(dataset), plots=not args.no_plots)
         log.info("%s", paths["markdown"].read_text())
+        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    # Runs that differ only in the seed (a benchmark's seeds=, a seed sweep): mean ± std over the seeds.
+    for group in group_by_config([r for records in groups.values() for r in records]):
+        dataset = group[0].dataset
+        where = Path(args.out) if args.out else group[0].path.parent.parent / REPORTS_DIRNAME
+        paths = write_seed_report(dataset, group, where / (f"{dataset}-{group_name(group)}" if args.out
+                                                           else group_name(group)))
+        log.info("%s", paths["seeds_markdown"].read_text())
         log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0

@@ -1,6 +1,6 @@
 """Benchmark runner: train and evaluate every category of a benchmark, then write the results table.
 
-``python -m urd_lightning benchmark dataset=mvtec [experiment=paper] [key=value ...] [--categories a,b]
+``python -m urd_lightning benchmark dataset=mvtec [experiment=paper] [seeds=111,1,2] [key=value ...] [--categories a,b]
 [--jobs N] [--gpus 0,1,2,3] [--slurm [--slurm-partition P ...]] [--in-process] [--force] [--task-index N]
 [--dry-run] [--report-only]``
 
@@ -10,7 +10,9 @@ runs up to N at once, each on its own GPU (``--gpus`` picks which; on a machine 
 through submitit (:mod:`urd_lightning.benchmark.launchers`); ``--slurm`` submits them as one SLURM job array,
 requeued and resumed when cut (:mod:`urd_lightning.benchmark.slurm`);
 ``--task-index`` runs one category of the list (a SLURM array task); ``--in-process`` calls ``train(cfg)`` here
-(tests). All categories share one run name, so their results sit side by side in
+(tests). ``seeds=111,1,2`` runs every category for every seed, each seed under its own run name
+(``<name>-s<seed>``), then adds the mean ± std tables of :mod:`urd_lightning.benchmark.seeds`. All categories share one
+run name, so their results sit side by side in
 ``<output_dir>/<dataset>/<category>/<run>/``. A category whose ``metrics.json`` exists for the same config is
 skipped (resumable); a failed category is recorded and the runner goes on. The table and plots
 (:mod:`urd_lightning.benchmark.report`) are written to ``<output_dir>/<dataset>/_reports/<run>/``.
@@ -33,8 +35,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from urd_lightning import config as urd_config
 from urd_lightning.benchmark.launchers import gpu_slots, run_concurrently, run_logged
-from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten, read_run
+from urd_lightning.benchmark.records import REPORTS_DIRNAME, RunRecord, flatten, is_volatile, read_run
 from urd_lightning.benchmark.report import write_report
+from urd_lightning.benchmark.seeds import group_by_config, group_name, parse_seeds, write_seed_report
 from urd_lightning.benchmark.slurm import ArrayStillRunning, CategoryTask, SlurmOptions, add_arguments, run_array
 from urd_lightning.benchmark.slurm import options as slurm_options
 from urd_lightning.data.categories import dataset_categories, order_categories
@@ -43,23 +46,8 @@ from urd_lightning.training.train import train
 
 log = logging.getLogger(__name__)
 
-# Keys that say where or how a run is executed or logged, not what is trained: they neither change the run name nor
-# make a finished category "a different config" when resuming. Device counts are among them so that a SLURM array
-# (trainer.devices=1) and its --report-only job agree on the run name; a DDP run changes the effective batch size,
-# so give it its own run= when comparing. data.dtd_root only says where DTD lies; whether DTD or procedural textures
-# were used is data.textures, which is not volatile.
-VOLATILE_KEYS = (
-    "run", "resume", "ckpt", "output_dir", "logger", "wandb", "checkpoint_every_n_steps", "data.root",
-    "data.dtd_root", "data.cache_dir", "data.num_workers", "data.eval_batch_size", "eval.num_samples",
-    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps", "trainer.max_time", "runtime",
-    "data.pixel_cache_dir",  # where decoded pixels are cached: identical results with or without the cache
-    "batched_eval_forwards", "compile",  # how fast, not what is computed
-)  # fmt: skip
-
-
 def _volatile(key: str) -> bool:
-    return any(key == v or key.startswith(v + ".") for v in VOLATILE_KEYS)
+    return is_volatile(key)
 
 
 @dataclass
@@ -90,25 +78,31 @@ def benchmark_run_name(overrides: list[str]) -> str:
     return f"{name}-{hashlib.sha1(repr(rest).encode()).hexdigest()[:8]}" if rest else name
 
 
-def plan(dataset: str, overrides: list[str], categories: list[str] | None = None) -> list[Job]:
+def plan(dataset: str, overrides: list[str], categories: list[str] | None = None,
+         seed: int | None = None) -> list[Job]:
     """Resolve the config of every category before training any (a typo fails in seconds, not hours).
 
     Args:
         dataset: Benchmark name (``configs/data/<dataset>.yaml``).
         overrides: ``key=value`` items passed to every category's training (no ``data.category``).
         categories: Subset to run; default all of the dataset's categories, in community order.
+        seed: one seed of ``seeds=``: ``seed=<seed>`` for every category, and the run name (computed without it)
+            ends in ``-s<seed>``, so the seeds of one config sit side by side and ``report`` groups them.
 
     Raises:
         ConfigError: For ``data.category`` in overrides, an unknown category or any invalid key or value.
     """
     if any(item.split("=", 1)[0] in ("data.category", "dataset") for item in overrides):
         raise ConfigError("benchmark sets dataset= and data.category itself; choose categories with --categories")
-    run = benchmark_run_name(overrides)
+    run = benchmark_run_name([o for o in overrides if not o.startswith("seed=")] if seed is not None else overrides)
+    if seed is not None:
+        overrides = [*[o for o in overrides if not o.startswith(("seed=", "run="))], f"seed={seed}"]
     if not any(item.startswith("run=") for item in overrides):
         # The texture source is part of a run's identity (data.textures is not volatile, data.dtd_root is): runs on
         # procedural textures get their own folders and table, so a rerun once DTD is there never skips or mixes.
         if urd_config.load_config([f"dataset={dataset}", *overrides]).data.textures == "procedural":
             run = f"{run}-procedural"
+    run = f"{run}-s{seed}" if seed is not None else run
     argv_common = [f"dataset={dataset}", *[o for o in overrides if not o.startswith("run=")], f"run={run}"]
     config_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("config_dir")  # the user's dataset files
     known = dataset_categories(dataset, config_dir) if categories is None else order_categories(dataset, categories)
@@ -182,19 +176,19 @@ def run_benchmark(
         on_done: Called with each record as it is known (progress reporting).
         slurm: Submit the categories to run as one SLURM job array instead (``jobs_at_once``: its parallelism).
     """
-    records: dict[str, RunRecord] = {}
+    records: dict[Path, RunRecord] = {}
     todo: list[Job] = []
     for job in jobs:
         if (job.run_dir / "metrics.json").is_file() and not force:
             diff = config_diff(job)
-            records[job.category] = read_run(job.run_dir) if not diff else RunRecord(
+            records[job.run_dir] = read_run(job.run_dir) if not diff else RunRecord(
                 job.cfg.dataset, job.category, str(job.cfg.run), "conflict", job.run_dir,
                 error=f"{job.run_dir} holds results of another config (differs in {', '.join(diff[:5])}); "
                 "use another run= name, or --force to overwrite",
             )  # fmt: skip
-            log.info("%s: %s", job.category, "already finished, skipped" if not diff else records[job.category].error)
+            log.info("%s: %s", job.category, "already finished, skipped" if not diff else records[job.run_dir].error)
         elif collect_only:
-            records[job.category] = RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "missing", job.run_dir)
+            records[job.run_dir] = RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "missing", job.run_dir)
         else:
             todo.append(job)
     reports = (
@@ -208,7 +202,7 @@ def run_benchmark(
         return job
 
     def finish(job: Job, error: str) -> None:
-        record = records[job.category] = _record(job, error)
+        record = records[job.run_dir] = _record(job, error)
         log.info("%s: %s", job.category, record.status if record.status == "done" else f"FAILED — {record.error}")
         if on_done:
             on_done(record)
@@ -230,7 +224,7 @@ def run_benchmark(
         for job in todo:
             job = prepared(job)
             finish(job, _run_in_process(job) if in_process else run_logged(train_command(job), log_path(job), True))
-    return [records[job.category] for job in jobs]
+    return [records[job.run_dir] for job in jobs]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -273,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [item for item in overrides if not item.startswith("dataset=")]
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     slurm = slurm_options(args)
-    jobs = plan(dataset, overrides, categories)
+    seeds = parse_seeds(pairs.get("seeds"))
+    overrides = [item for item in overrides if not item.startswith("seeds=")]
+    # Every category for every seed, each a run of its own (seed-major: a cut benchmark has whole seeds done).
+    jobs = [job for seed in seeds for job in plan(dataset, overrides, categories, seed)] if seeds else plan(
+        dataset, overrides, categories)
     if args.task_index is not None:
         if not 0 <= args.task_index < len(jobs):
             raise ConfigError(f"--task-index {args.task_index} is out of range: {dataset} has {len(jobs)} categories "
@@ -294,10 +292,19 @@ def main(argv: list[str] | None = None) -> int:
                          f"stops it); once it has ended, `{again}` writes the table\n")
         return 130
     if args.task_index is None:
-        out = Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME / str(jobs[0].cfg.run)
-        paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], not args.no_plots)
-        sys.stdout.write(paths["markdown"].read_text())
-        log.info("results: %s", ", ".join(str(p) for p in paths.values()))
+        for run in dict.fromkeys(str(job.cfg.run) for job in jobs):  # one table per seed's run, as without seeds
+            out = Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME / run
+            mine = [r for r in records if r.run == run]
+            paths = write_report(dataset, run, mine, out, [j.category for j in jobs if str(j.cfg.run) == run],
+                                 not args.no_plots)
+            sys.stdout.write(paths["markdown"].read_text())
+            log.info("results: %s", ", ".join(str(p) for p in paths.values()))
+        if len(seeds) > 1:
+            for group in group_by_config(records):
+                paths = write_seed_report(dataset, group, Path(jobs[0].cfg.output_dir) / dataset / REPORTS_DIRNAME
+                                          / group_name(group))
+                sys.stdout.write(paths["seeds_markdown"].read_text())
+                log.info("over the seeds: %s", ", ".join(str(p) for p in paths.values()))
     missing = [r for r in records if r.status != "done"]
     if missing:
         log.warning("not finished (%d): %s", len(missing), ", ".join(f"{r.category} ({r.status})" for r in missing))
