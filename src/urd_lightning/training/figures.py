@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs and reports are written on clusters without a display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -49,7 +50,8 @@ def panel_figure(image: np.ndarray, gt_mask: np.ndarray, anomaly_map: np.ndarray
         vmax: top of the colour scale, shared by every panel of the evaluation so their colours compare.
         threshold: the pixel threshold, or None (no anomalous pixel in the test set: no F1-optimal threshold).
     """
-    fig, axes = plt.subplots(1, 4, figsize=(7.0, 1.95), gridspec_kw={"wspace": 0.08})
+    # The map's column is wider by its colour bar, so the four images come out the same size.
+    fig, axes = plt.subplots(1, 4, figsize=(7.0, 1.95), gridspec_kw={"wspace": 0.3, "width_ratios": [1, 1, 1.15, 1]})
     axes[0].imshow(image)
     axes[0].set_title(title)
     axes[1].imshow(image)
@@ -58,8 +60,9 @@ def panel_figure(image: np.ndarray, gt_mask: np.ndarray, anomaly_map: np.ndarray
     axes[1].set_title("ground truth (contour)" if gt_mask.any() else "ground truth: normal")
     shown = axes[2].imshow(anomaly_map, cmap="jet", vmin=0, vmax=vmax)
     axes[2].set_title(f"anomaly map, score {score:.3f}")
-    bar = fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.03)
-    bar.ax.tick_params(labelsize=5.5, length=2)
+    bar = fig.colorbar(shown, ax=axes[2], fraction=0.05, pad=0.03)
+    bar.ax.tick_params(labelsize=5.5, length=2, pad=1)
+    bar.ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
     if threshold is not None and math.isfinite(threshold):
         axes[3].imshow(anomaly_map >= threshold, cmap="gray", vmin=0, vmax=1)
         if gt_mask.any():
