@@ -64,9 +64,7 @@ class URDModule(LightningModule):
                  seed: int = 111, resize: str = "pil", batched_eval_forwards: bool = True,
                  compile: bool = False) -> None:
         super().__init__()
-        # logger=False: the loggers get the nested config (loggers.py); these arguments again would add a flat
-        # duplicate of it (image_size beside data.image_size).
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False)  # loggers get the nested config (loggers.py), not a flat copy
         self.automatic_optimization = False  # two optimizers stepped in the authors' order, see training_step
         self.model = URD(**model)
         self.train_teacher = self.model.train_teacher
@@ -78,7 +76,6 @@ class URDModule(LightningModule):
         self.final: dict[str, float] = {}
         self.periodic: list[dict[str, float]] = []
         self.thresholds: dict[str, Any] | None = None
-        self.eval_thresholds: dict[str, float] | None = None  # the latest periodic evaluation's, for its panels
         self.score_stats: dict[str, float] | None = None
         self.samples: list[dict[str, Any]] = []  # fixed picture samples of the last evaluation
         self.sample_indices: set[int] = set()
@@ -281,7 +278,7 @@ class URDModule(LightningModule):
             self.val_metrics.reset()
             return
         values = {k: float(v) for k, v in self.val_metrics.compute().items()}
-        self.eval_thresholds = self.val_metrics.thresholds()  # computed with the values: costs nothing
+        self.eval_thresholds = self.val_metrics.thresholds()  # for this evaluation's panels (free after compute)
         self.val_metrics.reset()
         self.periodic.append({"step": self.iteration, **values})
         # Labelled as test-set numbers: these evaluations use the test set, only for curves and "oracle" numbers.
