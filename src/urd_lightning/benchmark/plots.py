@@ -47,11 +47,12 @@ def plot_bars(dataset: str, run: str, records: list[RunRecord], path: Path) -> P
     ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
     ax.set_ylabel("percent")
     finite = [100 * v for r in records for k, v in r.metrics.get("final", {}).items() if k in BAR_METRICS]
+    finite += [100 * v for k, v in paper.items() if k in BAR_METRICS]  # every paper line inside the axes
     ax.set_ylim(max(0.0, min(finite, default=0.0) - 5), 100.5)
     title = f"URD on {dataset}, run {run} (final iteration)"
-    ax.set_title(title + ("; dashed: paper means" if paper else ""), pad=24)
+    ax.set_title(title + ("; dashed: paper means" if paper else ""), pad=22, fontsize=8)
     # Above the axes, never over them: a legend inside would hide a category's bars.
-    ax.legend(fontsize="small", ncol=len(BAR_METRICS), loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    ax.legend(fontsize=7, ncol=len(BAR_METRICS), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
@@ -77,13 +78,13 @@ def plot_curves_overlay(records: list[RunRecord], kind: str, path: Path) -> Path
     """Every category's curve of one kind (:data:`OVERLAYS`) on one axis, each labelled with its value."""
     key, y_key, metric, title, limit = OVERLAYS[kind]
     fig, ax = plt.subplots(figsize=(3.4, 3.4))
-    colours = plt.get_cmap("tab20")
+    colours = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")  # tab20's neighbours are near-twins
     for i, record in enumerate(records):
         curves = _load_curves(record) or {}
         if curves.get(key):
             value = (curves.get("values") or {}).get(metric)
             label = record.category + (f" ({100 * value:.1f})" if value is not None else "")
-            ax.plot(curves[key]["fpr"], curves[key][y_key], linewidth=0.9, color=colours(i % 20), label=label)
+            ax.plot(curves[key]["fpr"], curves[key][y_key], linewidth=0.9, color=colours(i % colours.N), label=label)
     ax.set(xlim=(0, limit), ylim=(0, 1.01), xlabel="false positive rate",
            ylabel="true positive rate" if y_key == "tpr" else "per-region overlap", title=title)
     ax.legend(fontsize=5.5, ncol=2 if len(records) > 8 else 1, loc="lower right", title=metric.replace("_", " "),
