@@ -23,7 +23,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The install stamp of the local venv lives inside it (a new venv is a new install); other envs share one in .cache.
 STAMP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/install.stamp,.cache/install.stamp)
 
-.PHONY: help install python test test-slow test-ddp test-all test-ci-extra test-kernels train evaluate benchmark report sweep lint demo-data \
+.PHONY: help install python test test-slow test-ddp test-all test-ci-extra test-kernels train evaluate benchmark report lint demo-data \
 	bench-gpu bench-gpu-prep clean distclean
 
 help:  ## list the commands
@@ -79,6 +79,9 @@ evaluate: install  ## evaluate a checkpoint: make evaluate CKPT=path/to/last.ckp
 
 benchmark: install  ## every category of DATASET in turn, then the results table
 	$(PYTHON) -m urd_lightning benchmark dataset=$(or $(DATASET),demo) $(ARGS)
+
+report: install  ## tables and plots for every run under DIR (default results/): make report DIR=results/mvtec
+	$(PYTHON) -m urd_lightning report $(or $(DIR),results) $(ARGS)
 
 demo-data: install  ## (re)generate the embedded demo dataset under datasets/demo
 	$(PYTHON) -m urd_lightning data demo --root datasets/demo

@@ -6,6 +6,7 @@ imports) fails here, whatever happens to be installed transitively.
 """
 
 import ast
+import importlib.util
 import re
 import socket
 import subprocess
@@ -18,9 +19,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from urd_lightning.config import load_config
-from urd_lightning.errors import ConfigError
 from urd_lightning.training.loggers import require_logger_package
-from urd_lightning.training.train import train
+
+real_find = importlib.util.find_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "urd_lightning"
@@ -115,13 +116,20 @@ def test_every_module_imports_without_the_extras():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_logger_wandb_without_wandb_stops_before_any_work_with_the_install_line(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "wandb", None)
-    cfg = load_config(["dataset=mvtec", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"])
+def test_without_wandb_the_default_logger_falls_back_to_csv_with_one_line(monkeypatch, tmp_path, caplog):
+    from urd_lightning.training.history import HistoryCSVLogger
+    from urd_lightning.training.loggers import build_logger
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # a bare `pip install urd-lightning`
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "wandb" else real_find(name))
+    cfg = load_config([f"output_dir={tmp_path}"])
     assert cfg.logger == "wandb"
-    # The data root does not exist: a wandb message (not the data check's) shows the check runs first.
-    with pytest.raises(ConfigError, match=re.escape("pip install 'urd-lightning[wandb]'")):
-        train(cfg)
+    require_logger_package(cfg)  # no longer a stop
+    with caplog.at_level("INFO", logger="urd_lightning"):
+        logger = build_logger(cfg, tmp_path)
+    assert isinstance(logger, HistoryCSVLogger)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "pip install 'urd-lightning[wandb]'" in line
     for logger in ("csv", "none"):
         require_logger_package(OmegaConf.merge(cfg, {"logger": logger}))
 

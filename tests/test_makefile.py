@@ -92,3 +92,12 @@ def test_clean_keeps_the_venv_and_distclean_removes_it(project: Path) -> None:
     make(project, "python")
     assert make(project, "clean").returncode == 0 and (project / ".venv/bin/python").is_file()
     assert make(project, "distclean").returncode == 0 and not (project / ".venv").exists()
+
+
+def test_every_declared_target_has_a_rule():
+    text = (ROOT / "Makefile").read_text()
+    declared = " ".join(line for line in text.replace("\\\n", " ").splitlines() if line.startswith(".PHONY:"))
+    declared_targets = set(declared.removeprefix(".PHONY:").split())
+    rules = {line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha() and ":" in line
+             and not line.startswith(".")}
+    assert declared_targets - rules == set()

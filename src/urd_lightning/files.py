@@ -58,6 +58,29 @@ def disk_error(exc: BaseException, path: Path, needed: int | None = None) -> Out
     return None
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask (0o644 under the usual 022).
+
+    ``mkstemp`` creates its file 0o600 whatever the umask, so a file renamed into place from it would be unreadable
+    for everyone else on a shared machine (labmates reading checkpoints, metrics and reports).
+    """
+    return 0o666 & ~current_umask()
+
+
 def write_via(path: str | Path, write: Callable[[Path], object], needed: int | None = None,
               suffix: str | None = None) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
@@ -84,6 +107,7 @@ def write_via(path: str | Path, write: Callable[[Path], object], needed: int | N
     try:
         if write(tmp) is False:
             raise OSError(errno.EIO, f"the writer reported failure for {path}")
+        os.chmod(tmp, plain_file_mode())  # after the writer: some writers replace the file they are given
         os.replace(tmp, path)
     except KeyboardInterrupt:
         raise

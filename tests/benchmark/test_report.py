@@ -176,13 +176,21 @@ def test_write_report_plots_bars_and_curve_sheets(tmp_path: Path):
     assert "pro_curves" not in paths  # no run wrote pro_curve.png or curves.json
 
 
-def test_curves_json_is_overlaid(tmp_path: Path):
+def test_the_curves_each_run_writes_are_overlaid(tmp_path: Path):
+    import torch
+
+    from urd_lightning.run.folder import RunFolder
+    from urd_lightning.training.results import curve_record
+
     for cat in ("01", "02"):
         run_dir = make_run(tmp_path, "btad", cat, "r", 0.9)
-        curves = {"roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]}, "pro": {"fpr": [0, 0.3], "pro": [0, 0.8]}}
-        (run_dir / "curves.json").write_text(json.dumps(curves))
+        roc = (torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.0, 0.9, 1.0]))
+        record = curve_record({"image_roc": roc, "pixel_roc": roc, "pixel_pro": (torch.tensor([0.0, 0.3]),
+                                                                                 torch.tensor([0.0, 0.8]))},
+                              {"image_AUROC": 0.9, "pixel_AUPRO": 0.5})
+        RunFolder(run_dir).curves_data.write_text(json.dumps(record))  # what training writes (results.py)
     paths = write_report("btad", "r", find_runs(tmp_path), tmp_path / "rep")
-    assert paths["roc_curves"].is_file() and paths["pro_curves"].is_file()
+    assert paths["roc_curves"].is_file() and paths["pro_curves"].is_file() and paths["pixel_roc_curves"].is_file()
 
 
 def test_main_writes_report_under_dataset_folder(mvtec_tree: Path):

@@ -1,10 +1,10 @@
 """Plots for a results report: per-category bars and the ROC / PRO curves of every category on one page.
 
-Bars show our final-iteration metrics per category with the paper's published means (docs/method.md, "Published
-numbers") as dashed lines. Curves: when a run folder holds ``curves.json`` (``{"roc": {"fpr": [...], "tpr": [...]},
-"pro": {"fpr": [...], "pro": [...]}}``) all categories are overlaid on one axis; otherwise the per-run ``roc_curve.png``
-/ ``pro_curve.png`` that training writes (docs/design.md, "results") are tiled into one sheet. Matplotlib runs headless
-(Agg).
+Bars show our final-iteration metrics per category with the paper's published means as dashed lines, the legend
+above the axes. Curves: from each run's ``curves.json`` (training/results.py) every category's image ROC, pixel ROC
+and pooled PRO (FPR <= 0.3) are overlaid on one axis each, labelled with the category's value; runs written before
+``curves.json`` existed get their ``roc_curve.png`` / ``pro_curve.png`` tiled into one sheet instead.
+Matplotlib runs headless (Agg).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from urd_lightning.benchmark.paper import PAPER_MEANS  # noqa: E402
 from urd_lightning.benchmark.records import RunRecord  # noqa: E402
 from urd_lightning.files import write_via  # noqa: E402
+from urd_lightning.run.folder import RunFolder  # noqa: E402
 
 BAR_METRICS = {
     "image_AUROC": "image AUROC",
@@ -46,10 +47,12 @@ def plot_bars(dataset: str, run: str, records: list[RunRecord], path: Path) -> P
     ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
     ax.set_ylabel("percent")
     finite = [100 * v for r in records for k, v in r.metrics.get("final", {}).items() if k in BAR_METRICS]
+    finite += [100 * v for k, v in paper.items() if k in BAR_METRICS]  # every paper line inside the axes
     ax.set_ylim(max(0.0, min(finite, default=0.0) - 5), 100.5)
     title = f"URD on {dataset}, run {run} (final iteration)"
-    ax.set_title(title + ("; dashed: paper means" if paper else ""))
-    ax.legend(fontsize="small", ncol=2, loc="lower left")
+    ax.set_title(title + ("; dashed: paper means" if paper else ""), pad=22, fontsize=8)
+    # Above the axes, never over them: a legend inside would hide a category's bars.
+    ax.legend(fontsize=7, ncol=len(BAR_METRICS), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
@@ -57,28 +60,37 @@ def plot_bars(dataset: str, run: str, records: list[RunRecord], path: Path) -> P
 
 
 def _load_curves(record: RunRecord) -> dict | None:
-    path = record.path / "curves.json" if record.path else None
+    path = RunFolder(record.path).curves_data if record.path else None
     if path is None or not path.is_file():
         return None
     return json.loads(path.read_text())
 
 
+# Overlay charts: file stem -> (curves.json key, y key, metric in the legend, title, FPR range).
+OVERLAYS = {
+    "roc_curves": ("image_roc", "tpr", "image_AUROC", "image ROC", 1.0),
+    "pixel_roc_curves": ("pixel_roc", "tpr", "pixel_AUROC", "pixel ROC", 1.0),
+    "pro_curves": ("pixel_pro", "pro", "pixel_AUPRO", f"PRO, pooled (FPR <= {FPR_LIMIT})", FPR_LIMIT),
+}
+
+
 def plot_curves_overlay(records: list[RunRecord], kind: str, path: Path) -> Path:
-    """All categories' ``roc`` (TPR vs FPR) or ``pro`` (PRO vs FPR, up to FPR 0.3) curves on one axis."""
-    y_key = "tpr" if kind == "roc" else "pro"
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for record in records:
-        curves = _load_curves(record)
-        if curves and kind in curves:
-            ax.plot(curves[kind]["fpr"], curves[kind][y_key], linewidth=1, label=record.category)
-    ax.set_xlim(0, 1 if kind == "roc" else FPR_LIMIT)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate" if kind == "roc" else "per-region overlap")
-    ax.set_title("ROC" if kind == "roc" else f"PRO (FPR <= {FPR_LIMIT})")
-    ax.legend(fontsize="x-small", ncol=2)
-    fig.tight_layout()
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    """Every category's curve of one kind (:data:`OVERLAYS`) on one axis, each labelled with its value."""
+    key, y_key, metric, title, limit = OVERLAYS[kind]
+    fig, ax = plt.subplots(figsize=(3.4, 3.4))
+    colours = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")  # tab20's neighbours are near-twins
+    for i, record in enumerate(records):
+        curves = _load_curves(record) or {}
+        if curves.get(key):
+            value = (curves.get("values") or {}).get(metric)
+            label = record.category + (f" ({100 * value:.1f})" if value is not None else "")
+            ax.plot(curves[key]["fpr"], curves[key][y_key], linewidth=0.9, color=colours(i % colours.N), label=label)
+    ax.set(xlim=(0, limit), ylim=(0, 1.01), xlabel="false positive rate",
+           ylabel="true positive rate" if y_key == "tpr" else "per-region overlap", title=title)
+    ax.legend(fontsize=5.5, ncol=2 if len(records) > 8 else 1, loc="lower right", title=metric.replace("_", " "),
+              title_fontsize=6)
+    fig.tight_layout(pad=0.4)
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=150))
     plt.close(fig)
     return path
 
@@ -108,12 +120,12 @@ def write_plots(dataset: str, run: str, records: list[RunRecord], out_dir: Path)
     if not records:
         return paths
     paths["bars"] = plot_bars(dataset, run, records, out_dir / "bars.png")
-    for kind in ("roc", "pro"):
-        target = out_dir / f"{kind}_curves.png"
-        if any((_load_curves(r) or {}).get(kind) for r in records):
-            paths[f"{kind}_curves"] = plot_curves_overlay(records, kind, target)
-        else:
-            sheet = plot_curve_sheet(records, f"{kind}_curve.png", target)
+    for kind, (key, *_rest) in OVERLAYS.items():
+        target = out_dir / f"{kind}.png"
+        if any((_load_curves(r) or {}).get(key) for r in records):
+            paths[kind] = plot_curves_overlay(records, kind, target)
+        elif kind != "pixel_roc_curves":  # runs from before curves.json: their own plots, tiled
+            sheet = plot_curve_sheet(records, f"{kind.split('_')[0]}_curve.png", target)
             if sheet is not None:
-                paths[f"{kind}_curves"] = sheet
+                paths[kind] = sheet
     return paths

@@ -19,6 +19,7 @@ from typing import Any
 from urd_lightning.benchmark.paper import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE
 from urd_lightning.benchmark.plots import write_plots
 from urd_lightning.benchmark.records import RunRecord, find_runs, group_runs
+from urd_lightning.benchmark.seeds import group_by_config, group_name, write_seed_report
 from urd_lightning.config import read_command_line
 from urd_lightning.config.cli import Command, Option
 from urd_lightning.config.files import dataset_categories, order_categories
@@ -221,5 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         config_dir = values["config_dir"] or records[0].config.get("config_dir")  # where its dataset file was
         paths = write_report(dataset, run, records, out, _known_categories(dataset, config_dir), plots=values["plots"])
         log.info("%s", paths["markdown"].read_text())
+        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    # Runs that differ only in the seed (a benchmark's seeds=, a seed sweep): mean ± std over the seeds.
+    for group in group_by_config([r for records in groups.values() for r in records]):
+        dataset = group[0].dataset
+        where = Path(values["out"]) if values["out"] else RunFolder(group[0].path).reports.parent
+        paths = write_seed_report(dataset, group, where / (f"{dataset}-{group_name(group)}" if values["out"]
+                                                           else group_name(group)))
+        log.info("%s", paths["seeds_markdown"].read_text())
         log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0

@@ -1,7 +1,7 @@
 """Benchmark runner: train and evaluate every category of a benchmark, then write the results table.
 
-``urd benchmark dataset=mvtec [experiment=paper] [key=value ...] [categories=a,b] [jobs=N] [gpus=0,1,2,3]
-[slurm=true [slurm_partition=P ...]] [in_process=true] [force=true] [task_index=N] [dry_run=true]
+``urd benchmark dataset=mvtec [experiment=paper] [seeds=111,1,2] [key=value ...] [categories=a,b] [jobs=N]
+[gpus=0,1,2,3] [slurm=true [slurm_partition=P ...]] [in_process=true] [force=true] [task_index=N] [dry_run=true]
 [report_only=true]``; each key also as a flag (``--categories a,b --jobs 8 --slurm --slurm-partition P``).
 
 One (dataset, category) per process (design.md): each category runs ``python -m urd_lightning train`` in a fresh
@@ -10,7 +10,9 @@ runs up to N at once, each on its own GPU (``--gpus`` picks which; on a machine 
 through submitit (:mod:`urd_lightning.benchmark.launchers`); ``--slurm`` submits them as one SLURM job array,
 requeued and resumed when cut (:mod:`urd_lightning.benchmark.slurm`);
 ``--task-index`` runs one category of the list (a SLURM array task); ``--in-process`` calls ``train(cfg)`` here
-(tests). All categories share one run name, so their results sit side by side in
+(tests). ``seeds=111,1,2`` runs every category for every seed, each seed under its own run name
+(``<name>-s<seed>``), then adds the mean ± std tables of :mod:`urd_lightning.benchmark.seeds`. All categories share one
+run name, so their results sit side by side in
 ``<output_dir>/<dataset>/<category>/<run>/``. A category whose ``metrics.json`` exists for the same config is
 skipped (resumable); a failed category is recorded and the runner goes on. The table and plots
 (:mod:`urd_lightning.benchmark.report`) are written to ``<output_dir>/<dataset>/_reports/<run>/``.
@@ -35,6 +37,7 @@ from urd_lightning import config as urd_config
 from urd_lightning.benchmark.launchers import gpu_slots, run_concurrently, run_logged
 from urd_lightning.benchmark.records import RunRecord, read_run
 from urd_lightning.benchmark.report import write_report
+from urd_lightning.benchmark.seeds import group_by_config, group_name, parse_seeds, write_seed_report
 from urd_lightning.benchmark.slurm import OPTIONS as SLURM_OPTIONS
 from urd_lightning.benchmark.slurm import ArrayStillRunning, CategoryTask, SlurmOptions, run_array
 from urd_lightning.benchmark.slurm import options as slurm_options
@@ -82,7 +85,8 @@ def benchmark_run_name(overrides: list[str]) -> str:
     return f"{name}-{hashlib.sha1(repr(rest).encode()).hexdigest()[:8]}" if rest else name
 
 
-def plan(dataset: str, overrides: list[str], categories: list[str] | None = None, here: bool = True) -> list[Job]:
+def plan(dataset: str, overrides: list[str], categories: list[str] | None = None, here: bool = True,
+         seed: int | None = None) -> list[Job]:
     """Resolve the config of every category before training any (a typo fails in seconds, not hours).
 
     Args:
@@ -91,18 +95,23 @@ def plan(dataset: str, overrides: list[str], categories: list[str] | None = None
         categories: Subset to run; default all of the dataset's categories, in community order.
         here: The categories train on this machine (False for ``--slurm``: the trainer's devices are then checked
             on the compute node, by each category's own ``train``).
+        seed: one seed of ``seeds=``: ``seed=<seed>`` for every category, and the run name (computed without it)
+            ends in ``-s<seed>``, so the seeds of one config sit side by side and ``report`` groups them.
 
     Raises:
         ConfigError: For ``data.category`` in overrides, an unknown category or any invalid key or value.
     """
     if any(item.split("=", 1)[0] in ("data.category", "dataset") for item in overrides):
         raise ConfigError("benchmark sets dataset= and data.category itself; choose categories with --categories")
-    run = benchmark_run_name(overrides)
+    run = benchmark_run_name([o for o in overrides if not o.startswith("seed=")] if seed is not None else overrides)
+    if seed is not None:
+        overrides = [*[o for o in overrides if not o.startswith(("seed=", "run="))], f"seed={seed}"]
     if not any(item.startswith("run=") for item in overrides):
         # The texture source is part of a run's identity (data.textures is not volatile, data.dtd_root is): runs on
         # procedural textures get their own folders and table, so a rerun once DTD is there never skips or mixes.
         if urd_config.load_config([f"dataset={dataset}", *overrides], here=here).data.textures == "procedural":
             run = f"{run}-procedural"
+    run = f"{run}-s{seed}" if seed is not None else run
     argv_common = [f"dataset={dataset}", *[o for o in overrides if not o.startswith("run=")], f"run={run}"]
     config_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("config_dir")  # the user's dataset files
     known = (dataset_categories(dataset, config_dir) if categories is None
@@ -177,19 +186,19 @@ def run_benchmark(
         on_done: Called with each record as it is known (progress reporting).
         slurm: Submit the categories to run as one SLURM job array instead (``jobs_at_once``: its parallelism).
     """
-    records: dict[str, RunRecord] = {}
+    records: dict[Path, RunRecord] = {}
     todo: list[Job] = []
     for job in jobs:
         if job.folder.is_finished() and not force:
             diff = config_diff(job)
-            records[job.category] = read_run(job.run_dir) if not diff else RunRecord(
+            records[job.run_dir] = read_run(job.run_dir) if not diff else RunRecord(
                 job.cfg.dataset, job.category, str(job.cfg.run), "conflict", job.run_dir,
                 error=f"{job.run_dir} holds results of another config (differs in {', '.join(diff[:5])}); "
                 "use another run= name, or --force to overwrite",
             )  # fmt: skip
-            log.info("%s: %s", job.category, "already finished, skipped" if not diff else records[job.category].error)
+            log.info("%s: %s", job.category, "already finished, skipped" if not diff else records[job.run_dir].error)
         elif collect_only:
-            records[job.category] = RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "missing", job.run_dir)
+            records[job.run_dir] = RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "missing", job.run_dir)
         else:
             todo.append(job)
     reports = jobs[0].folder.reports if jobs else None
@@ -203,7 +212,7 @@ def run_benchmark(
         return job
 
     def finish(job: Job, error: str) -> None:
-        record = records[job.category] = _record(job, error)
+        record = records[job.run_dir] = _record(job, error)
         log.info("%s: %s", job.category, record.status if record.status == "done" else f"FAILED — {record.error}")
         if on_done:
             on_done(record)
@@ -225,7 +234,7 @@ def run_benchmark(
         for job in todo:
             job = prepared(job)
             finish(job, _run_in_process(job) if in_process else run_logged(train_command(job), log_path(job), True))
-    return [records[job.category] for job in jobs]
+    return [records[job.run_dir] for job in jobs]
 
 
 BENCHMARK = Command(
@@ -233,6 +242,8 @@ BENCHMARK = Command(
     "config key is passed to each category's training; runs live in <output_dir>/<dataset>/<category>/<run>/.",
     config=True, options=(
         Option("categories", str, None, "comma-separated subset (default: all of the dataset file's)"),
+        Option("seeds", str, None, "comma-separated seeds: every category for every seed, each its own run "
+               "(<run>-s<seed>), then mean ± std over the seeds"),
         Option("jobs", int, 0, "train up to N categories at once, one per GPU (on a CPU-only machine all on the CPU); "
                "needs the [cluster] extra (submitit)"),
         Option("gpus", str, None, "comma-separated device ids for jobs (default: all visible); alone: jobs = their "
@@ -248,6 +259,7 @@ BENCHMARK = Command(
         "urd benchmark dataset=mvtec experiment=paper",
         "urd benchmark dataset=mvtec experiment=paper --slurm --jobs 8 --slurm-partition gpu",
         "urd benchmark dataset=btad experiment=paper categories=01,03 dry_run=true",
+        "urd benchmark dataset=mvtec experiment=paper seeds=111,1,2",
     ))
 
 
@@ -264,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [item for item in overrides if not item.startswith("dataset=")]
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     slurm = slurm_options(args)
-    jobs = plan(dataset, overrides, categories, here=slurm is None and not args.report_only)
+    seeds = parse_seeds(args.seeds)
+    here = slurm is None and not args.report_only
+    # Every category for every seed, each a run of its own (seed-major: a cut benchmark has whole seeds done).
+    jobs = [job for seed in seeds for job in plan(dataset, overrides, categories, here, seed)] if seeds else plan(
+        dataset, overrides, categories, here)
     if args.task_index is not None:
         if not 0 <= args.task_index < len(jobs):
             raise ConfigError(f"--task-index {args.task_index} is out of range: {dataset} has {len(jobs)} categories "
@@ -285,10 +301,18 @@ def main(argv: list[str] | None = None) -> int:
                          f"stops it); once it has ended, `{again}` writes the table\n")
         return 130
     if args.task_index is None:
-        out = jobs[0].folder.reports
-        paths = write_report(dataset, str(jobs[0].cfg.run), records, out, [j.category for j in jobs], args.plots)
-        sys.stdout.write(paths["markdown"].read_text())
-        log.info("results: %s", ", ".join(str(p) for p in paths.values()))
+        for run in dict.fromkeys(str(job.cfg.run) for job in jobs):  # one table per seed's run, as without seeds
+            mine = [j for j in jobs if str(j.cfg.run) == run]
+            paths = write_report(dataset, run, [r for r in records if r.run == run], mine[0].folder.reports,
+                                 [j.category for j in mine], args.plots)
+            sys.stdout.write(paths["markdown"].read_text())
+            log.info("results: %s", ", ".join(str(p) for p in paths.values()))
+        if len(seeds) > 1:
+            for group in group_by_config(records):
+                out = jobs[0].folder.reports.parent / group_name(group)  # beside the per-seed reports
+                paths = write_seed_report(dataset, group, out)
+                sys.stdout.write(paths["seeds_markdown"].read_text())
+                log.info("over the seeds: %s", ", ".join(str(p) for p in paths.values()))
     missing = [r for r in records if r.status != "done"]
     if missing:
         log.warning("not finished (%d): %s", len(missing), ", ".join(f"{r.category} ({r.status})" for r in missing))

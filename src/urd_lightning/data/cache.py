@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from urd_lightning.data.digests import file_digests
+from urd_lightning.files import plain_file_mode
 
 CACHE_VERSION = 1  # bump when the slot layout or what a slot holds changes
 
@@ -71,7 +72,7 @@ class PixelCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=self.path.parent)
         try:
-            os.fchmod(handle, 0o644) if hasattr(os, "fchmod") else None  # mkstemp's 0600 would lock out other users
+            os.chmod(tmp, plain_file_mode())  # mkstemp's 0600 would lock out other users
             os.ftruncate(handle, self.count * (self._slot + 1))  # sparse: disk is used as slots are filled
             os.close(handle)
             try:

@@ -192,6 +192,11 @@ class RunFolder:
         """``roc_curve.png`` or ``pro_curve.png``."""
         return self.path / f"{kind}_curve.png"
 
+    @property
+    def curves_data(self) -> Path:
+        """``curves.json``: the final evaluation's ROC/PRO vertices, which ``report`` overlays across categories."""
+        return self.path / "curves.json"
+
     def is_finished(self) -> bool:
         """Whether the run wrote its results."""
         return self.metrics.is_file()

@@ -1,26 +1,31 @@
 """Callbacks: picture panels, an evaluation line, and atomic checkpoint writes.
 
-Everything that writes files or pictures runs on rank zero only (DDP re-runs the module on every rank). Panels are
-image | ground truth | heatmap overlay, as anomalib users expect, written to ``images/`` and, with
-W&B, logged as ``wandb.Image`` with the ground-truth mask as an overlay.
+Everything that writes files or pictures runs on rank zero only (DDP re-runs the module on every rank). Panels
+(figures.py: image | ground-truth contour | anomaly map | predicted mask) are written to ``images/`` and logged to
+W&B / TensorBoard (media.py) as the same pixels.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from urd_lightning.errors import DiskFullError
 from urd_lightning.files import free_bytes, write_via
+from urd_lightning.training import figures
+from urd_lightning.training.media import log_panels, to_uint8
 
 log = logging.getLogger("urd_lightning")
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -98,80 +103,47 @@ def _gather_samples(pl_module: LightningModule) -> list[dict[str, Any]]:
     return sorted(samples, key=lambda s: s["index"])
 
 
-def save_panel(sample: dict[str, Any], path: Path, vmax: float | None = None) -> None:
-    """One PNG: image | ground truth | heatmap overlay, titled with the defect type and image score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    image = denormalize(sample["image"]).numpy()
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    axes[0].imshow(image)
-    axes[0].set_title(f"{sample['defect_type']} (label {sample['label']})", fontsize=9)
-    axes[1].imshow(sample["gt_mask"].numpy(), cmap="gray", vmin=0, vmax=1)
-    axes[1].set_title("ground truth", fontsize=9)
-    axes[2].imshow(image)
-    axes[2].imshow(sample["anomaly_map"].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=vmax)
-    axes[2].set_title(f"anomaly map, score {sample['score']:.3f}", fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=100))
-    plt.close(fig)
+def draw_panels(samples: list[dict[str, Any]], vmax: float, threshold: float | None,
+                targets: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Write each sample's panel (figures.py) to its target; returns the panels and the images as uint8 arrays."""
+    panels, images = [], []
+    for sample, target in zip(samples, targets, strict=True):
+        image = denormalize(sample["image"]).numpy()
+        fig = figures.panel_figure(image, sample["gt_mask"].numpy(), sample["anomaly_map"].numpy(), sample["score"],
+                                   f"{sample['defect_type']} (label {sample['label']})", vmax, threshold)
+        figures.save(fig, target, close=False)
+        panels.append(figures.to_array(fig))  # the PNG's pixels: the loggers show what the run folder holds
+        figures.close(fig)
+        images.append(to_uint8(image))
+    return panels, images
 
 
 class PicturePanels(Callback):
-    """Draws the module's fixed test samples after every evaluation (files + W&B images)."""
+    """Draws the module's fixed test samples after every evaluation (files + W&B / TensorBoard images)."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
 
-    def _draw(self, trainer: Trainer, pl_module: LightningModule, tag: str) -> None:
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, tag: str, thresholds: dict | None) -> None:
         samples = _gather_samples(pl_module)  # collective: every rank must call it
         if trainer.global_rank != 0 or not samples:
             return
         stats = getattr(pl_module, "score_stats", None) or {}
         vmax = stats.get("pixel_max") or max(float(s["anomaly_map"].max()) for s in samples)
-        images = []
-        for sample in samples:
-            name = f"{sample['index']:05d}_{sample['defect_type']}.png"
-            target = self.out_dir / tag / name if tag != "final" else self.out_dir / name
-            save_panel(sample, target, vmax=vmax)
-            images.append((sample, target))
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                _log_wandb_images(logger, images, int(getattr(pl_module, "iteration", trainer.global_step)))
+        folder = self.out_dir / tag if tag != "final" else self.out_dir
+        targets = [folder / f"{s['index']:05d}_{s['defect_type']}.png" for s in samples]
+        panels, images = draw_panels(samples, vmax, (thresholds or {}).get("pixel"), targets)
+        log_panels(trainer.loggers, panels, samples, images, int(getattr(pl_module, "iteration", trainer.global_step)))
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._draw(trainer, pl_module, f"step{getattr(pl_module, 'iteration', trainer.global_step):06d}")
+            self._draw(trainer, pl_module, f"step{getattr(pl_module, 'iteration', trainer.global_step):06d}",
+                       getattr(pl_module, "eval_thresholds", None))
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._draw(trainer, pl_module, "final")
-
-
-def _log_wandb_images(logger: WandbLogger, images: list[tuple[dict[str, Any], Path]], iteration: int) -> None:
-    """Panels plus the raw image with the ground-truth mask overlay; a W&B problem never stops training.
-
-    Always under the keys ``panels`` and ``masks`` at the URD iteration, so W&B's step slider walks through the
-    evaluations (a key per evaluation would make a new panel each time).
-    """
-    try:
-        import wandb
-
-        panels, overlays = [], []
-        for sample, path in images:
-            mask = sample["gt_mask"].numpy().astype("uint8")
-            panels.append(wandb.Image(str(path), caption=f"{sample['path']} score={sample['score']:.3f}"))
-            overlays.append(wandb.Image(denormalize(sample["image"]).numpy(), caption=sample["defect_type"],
-                                        masks={"ground_truth": {"mask_data": mask, "class_labels": {1: "defect"}}}))
-        # Two keys: W&B wants images of one size per list (panels are wider than the images).
-        logger.experiment.log({"panels": panels, "masks": overlays, "iteration": iteration})
-    except Exception as exc:  # noqa: BLE001 - logging must never kill a run
-        log.warning("W&B image logging failed (%s); training continues.", exc)
+        self._draw(trainer, pl_module, "final", getattr(pl_module, "thresholds", None))
 
 
 class EvaluationLine(Callback):
@@ -195,30 +167,52 @@ class EvaluationLine(Callback):
 
 
 class IterationProgress(Callback):
-    """One progress bar over the whole run in URD iterations (not epochs), with the losses and the ETA."""
+    """Progress over the whole run in URD iterations (not epochs), with the losses, the rate and the ETA.
 
-    def __init__(self) -> None:
+    On a terminal: one tqdm bar (log lines print above it, loggers.py). Without one (SLURM and benchmark logs, pipes)
+    a bar's carriage-return updates would fill the file with thousands of half lines, so it logs one plain line every
+    ``every`` iterations (``trainer.log_every_n_steps``) and at the last one instead.
+    """
+
+    def __init__(self, every: int = 50, terminal: bool | None = None) -> None:
+        self.every = max(1, int(every))
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar: Any = None
+        self.total = self.start = 0
+        self.started = 0.0
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_rank != 0:
             return
-        from tqdm.auto import tqdm
+        self.total = trainer.max_steps // getattr(pl_module, "steps_per_iteration", 1)
+        self.start, self.started = int(getattr(pl_module, "iteration", 0)), time.perf_counter()
+        if self.terminal:
+            from tqdm.auto import tqdm
 
-        per_iteration = getattr(pl_module, "steps_per_iteration", 1)
-        self.bar = tqdm(total=trainer.max_steps // per_iteration, initial=getattr(pl_module, "iteration", 0),
-                        desc="train", unit="it", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, initial=self.start, desc="train", unit="it", dynamic_ncols=True)
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.bar is None:
+        if trainer.global_rank != 0:
             return
-        self.bar.update(getattr(pl_module, "iteration", trainer.global_step) - self.bar.n)
-        losses = {k.split("/")[-1].replace("loss_", ""): float(v) for k, v in trainer.callback_metrics.items()
+        done = int(getattr(pl_module, "iteration", trainer.global_step))
+        losses = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items()
                   if k in ("train/loss_teacher", "train/loss_student")}
-        self.bar.set_postfix({f"loss_{k}": f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        elif not self.terminal and (done % self.every == 0 or done == self.total):
+            log.info("%s", self.line(done, losses, time.perf_counter() - self.started))
+
+    def line(self, done: int, losses: dict[str, float], elapsed: float) -> str:
+        """``iteration 40/150 (27%)  loss_teacher=0.1234  loss_student=0.5678  2.10 it/s  ETA 0:00:52``."""
+        rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = str(timedelta(seconds=round((self.total - done) / rate))) if rate > 0 else "?"
+        parts = [f"iteration {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%)",
+                 *(f"{k}={v:.4f}" for k, v in losses.items()), f"{rate:.2f} it/s", f"ETA {eta}"]
+        return "  ".join(parts)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

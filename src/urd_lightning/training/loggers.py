@@ -11,13 +11,16 @@ import importlib.util
 import logging
 import netrc
 import os
+import re
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from urd_lightning.errors import ConfigError
 from urd_lightning.files import write_atomic
@@ -42,8 +45,34 @@ class _LightningNoise(logging.Filter):
         return not str(record.getMessage()).startswith(self.PREFIXES)
 
 
+# Third-party warnings that every run printed and that say nothing about the run; matched by their exact text.
+# Lightning's own pytree helper builds torch's deprecated LeafSpec (lightning/pytorch/utilities/_pytree.py).
+KNOWN_HARMLESS = (("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+                   "treespec.is_leaf()` instead.", FutureWarning),)
+
+
+def silence_known_warnings() -> None:
+    """Ignore exactly the :data:`KNOWN_HARMLESS` warnings (any other warning still shows)."""
+    for message, category in KNOWN_HARMLESS:
+        warnings.filterwarnings("ignore", message=re.escape(message) + "$", category=category)
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """Writes each line above an active tqdm progress bar (``tqdm.write``) instead of into it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """One formatted line through ``tqdm.write`` (plain output when no bar is active)."""
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
 def setup_console_logging(level: int = logging.INFO) -> None:
     """``urd_lightning`` messages on stderr, on rank zero only (other ranks only warn)."""
+    silence_known_warnings()
     # Lightning's rank-zero messages go through whichever of these two loggers was imported last.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         lightning_info = logging.getLogger(name)
@@ -51,7 +80,7 @@ def setup_console_logging(level: int = logging.INFO) -> None:
             lightning_info.addFilter(_LightningNoise())
     logger = logging.getLogger("urd_lightning")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = BarSafeHandler()
         handler.setFormatter(logging.Formatter("[urd] %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level if rank_zero_only.rank == 0 else logging.WARNING)
@@ -83,9 +112,13 @@ LOGGER_PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "
 
 
 def require_logger_package(cfg: DictConfig) -> None:
-    """Stop before any work when the chosen logger's package (an optional extra) is not installed."""
+    """Stop before any work when the chosen logger's package (an optional extra) is not installed.
+
+    W&B is the default logger but an extra: without it the run logs to CSV (:func:`build_logger`), so that a bare
+    ``pip install urd-lightning`` trains.
+    """
     module, extra = LOGGER_PACKAGES.get(str(cfg.logger), (None, None))
-    if module is not None and importlib.util.find_spec(module) is None:
+    if module is not None and module != "wandb" and importlib.util.find_spec(module) is None:
         raise ConfigError(f"logger={cfg.logger} needs the {module} package: pip install 'urd-lightning[{extra}]' "
                           "(or choose logger=csv or logger=none)")
 
@@ -109,8 +142,13 @@ def build_logger(cfg: DictConfig, run_dir: Path, resumed_at: int | None = None) 
     csv = HistoryCSVLogger(resumed_at, save_dir=str(run_dir), name=RunFolder.LOGS, version="")
     if cfg.logger == "csv":
         return csv
+    if cfg.logger == "wandb" and importlib.util.find_spec("wandb") is None:
+        log.info("W&B is not installed: logging to CSV under %s/logs; to log to W&B, pip install "
+                 "'urd-lightning[wandb]' (logger=csv says CSV without this line)", run_dir)
+        return csv
     if cfg.logger == "tensorboard":  # for clusters without W&B: `tensorboard --logdir <run>/tensorboard`
-        return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+        return IterationTensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
+                                          default_hp_metric=False)
     mode = wandb_mode(cfg)
     if mode == "offline":
         log.info("W&B: not logged in (or offline) - logging offline under %s/wandb; upload later with `wandb sync`.",
@@ -121,6 +159,8 @@ def build_logger(cfg: DictConfig, run_dir: Path, resumed_at: int | None = None) 
             logger = _wandb_logger(cfg, run_dir, attempt, run_id)
             _ = logger.experiment  # start the run now (rank zero), so a W&B failure surfaces here, not mid-training
             if rank_zero_only.rank == 0:
+                # The run's own id: the one given, or under a sweep agent the agent's (WANDB_RUN_ID).
+                write_atomic(run_dir / WANDB_ID_FILE, str(logger.experiment.id) + "\n")
                 # One x-axis for everything (losses, evaluations, images): the URD iteration, which the module logs
                 # with every value. Lightning's default axis, global_step, counts both optimizers' steps.
                 logger.experiment.define_metric("iteration")
@@ -147,19 +187,27 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path, mode: str, run_id: str) -> Wan
 
     # init_timeout bounds the wait for the server: a configured key without network otherwise stalls ~100 s.
     settings = wandb.Settings(init_timeout=float(cfg.wandb.init_timeout))
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.wandb.project, entity=cfg.wandb.entity, name=f"{cfg.dataset}/{cfg.data.category}/{cfg.run}",
         id=run_id, save_dir=str(run_dir), mode=mode, tags=list(cfg.wandb.tags) + [cfg.dataset],
         group=f"{cfg.dataset}-{cfg.model.injection}", job_type="train", resume="allow", settings=settings,
     )
+    # WandbLogger always passes anonymous=None, which wandb 0.31 answers with a deprecation line on every run; the
+    # argument has no effect, so it is not passed at all.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
-def _wandb_id(run_dir: Path, resuming: bool) -> str:
+def _wandb_id(run_dir: Path, resuming: bool) -> str | None:
     """The W&B run id: the stored one when training resumes, else a new one (stored for a later resume).
 
     A rerun of a finished config is a new attempt: it must neither append to the old W&B run nor be refused because
-    that run was deleted on the server. Only rank zero starts W&B, so only rank zero writes the file.
+    that run was deleted on the server. Only rank zero starts W&B, so only rank zero writes the file. Under a sweep
+    agent (``WANDB_SWEEP_ID``) the agent has chosen the run (``WANDB_RUN_ID``): None, so W&B keeps it, and
+    :func:`build_logger` records that id once the run has started.
     """
+    if os.environ.get("WANDB_SWEEP_ID"):
+        return None
     stored = run_dir / WANDB_ID_FILE
     if resuming and stored.is_file() and stored.read_text().strip():
         return stored.read_text().strip()
@@ -169,38 +217,25 @@ def _wandb_id(run_dir: Path, resuming: bool) -> str:
     return run_id
 
 
+class IterationTensorBoardLogger(TensorBoardLogger):
+    """TensorBoard with the URD iteration as the step of every scalar, as in W&B (the keys are the same).
+
+    Lightning passes its ``global_step``, which counts both optimizers' steps; every value the module logs carries
+    ``iteration``, which becomes the step (so the periodic evaluation of iteration k is plotted at k).
+    """
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        iteration = metrics.pop("iteration", None)
+        super().log_metrics(metrics, step=int(iteration) if iteration is not None else step)
+
+
 def _plain(cfg: DictConfig) -> dict[str, Any]:
     out = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(out, dict)
     return out
-
-
-def log_final(logger: Logger | bool, final: dict[str, float], iteration: int, curves: list[Path],
-              checkpoint: Path | None) -> None:
-    """End of a run in W&B: the ROC/PRO curve plots, the final metrics as a table, the checkpoint as an artifact.
-
-    Args:
-        logger: the run's logger (anything but a ``WandbLogger`` is ignored).
-        final: the final metrics.
-        iteration: the URD iteration they belong to (the run's x-axis).
-        curves: the curve plots written by ``results.plot_curves``.
-        checkpoint: ``last.ckpt`` to upload as a model artifact (``wandb.log_model=true``), or None.
-    """
-    if not isinstance(logger, WandbLogger) or rank_zero_only.rank != 0:
-        return
-    try:
-        import wandb  # deferred as in _wandb_logger
-
-        run = logger.experiment
-        table = wandb.Table(columns=["metric", "value"], data=[[k, float(v)] for k, v in final.items()])
-        run.log({"final_metrics": table, **{f"curves/{p.stem}": wandb.Image(str(p)) for p in curves},
-                 "iteration": iteration})
-        if checkpoint is not None and checkpoint.is_file():
-            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"iteration": iteration, **final})
-            artifact.add_file(str(checkpoint), name=RunFolder.LAST)
-            run.log_artifact(artifact, aliases=["latest"])
-    except Exception as exc:  # noqa: BLE001 - a W&B problem never kills a run
-        log.warning("W&B final logging failed (%s).", exc)
 
 
 def finish(logger: Logger | bool) -> None:

@@ -67,7 +67,7 @@ class URDModule(LightningModule):
                  seed: int = 111, resize: str = "pil", batched_eval_forwards: bool = True,
                  compile: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # loggers get the nested config (loggers.py), not a flat copy
         self.automatic_optimization = False  # two optimizers stepped in the authors' order, see training_step
         self.model = URD(**model)
         self.train_teacher = self.model.train_teacher
@@ -279,6 +279,7 @@ class URDModule(LightningModule):
             self.val_metrics.reset()
             return
         values = {k: float(v) for k, v in self.val_metrics.compute().items()}
+        self.eval_thresholds = self.val_metrics.thresholds()  # for this evaluation's panels (free after compute)
         self.val_metrics.reset()
         self.periodic.append({"step": self.iteration, **values})
         # Labelled as test-set numbers: these evaluations use the test set, only for curves and "oracle" numbers.

@@ -1,4 +1,4 @@
-"""Results of a run: ``metrics.json``, ROC/PRO curve plots and the console summary table.
+"""Results of a run: ``metrics.json``, ``curves.json`` with the ROC/PRO plots, and the console summary table.
 
 ``metrics.json`` follows docs/design.md ("results"): ``final`` holds the final-iteration numbers; ``oracle`` (the
 best periodic evaluation ON THE TEST SET, which is how the authors select their reported numbers,
@@ -17,11 +17,14 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from urd_lightning.files import write_atomic, write_via
+from urd_lightning.files import write_atomic
 from urd_lightning.run.folder import RunFolder
+from urd_lightning.training import figures
 from urd_lightning.training.callbacks import AtomicCheckpointIO
-from urd_lightning.training.loggers import log_final, log_summary
+from urd_lightning.training.loggers import log_summary
+from urd_lightning.training.media import log_final
 
+CURVE_VALUES = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AUPRO_per_image")  # labelled in curves.json
 METRIC_ORDER = ("image_AUROC", "image_AP", "image_F1Max", "pixel_AUROC", "pixel_AP", "pixel_F1Max", "pixel_AUPRO",
                 "pixel_AUPRO_per_image")
 
@@ -70,46 +73,34 @@ def write_metrics(folder: RunFolder, payload: dict[str, Any]) -> Path:
     return write_atomic(folder.metrics, json.dumps(safe, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def plot_curves(folder: RunFolder, curves: dict[str, Any]) -> list[Path]:
-    """``roc_curve.png`` (image and pixel ROC) and ``pro_curve.png`` (PRO over FPR up to the 0.3 limit).
 
-    Args:
-        folder: the run folder.
-        curves: ``{"image_roc": (fpr, tpr), "pixel_roc": (fpr, tpr), "pixel_pro": (fpr, pro)}``; missing entries
-            are skipped.
+def curve_record(curves: dict[str, Any], final: dict[str, float]) -> dict[str, Any]:
+    """``curves.json`` content: the decimated ROC/PRO vertices and the values the plots label them with.
 
-    Returns:
-        The files written.
+    ``{"image_roc": {"fpr": [...], "tpr": [...]}, "pixel_roc": {...}, "pixel_pro": {"fpr": [...], "pro": [...]},
+    "values": {metric: value}}`` (6 significant digits: a plot's precision, a few hundred kB at most).
     """
-    import matplotlib
+    record: dict[str, Any] = {}
+    for key, pair in curves.items():
+        if pair is None:
+            continue
+        x, y = (v.tolist() if hasattr(v, "tolist") else list(v) for v in pair[:2])
+        record[key] = {"fpr": [float(f"{v:.6g}") for v in x],
+                       ("pro" if key.endswith("_pro") else "tpr"): [float(f"{v:.6g}") for v in y]}
+    record["values"] = {k: v for k, v in final.items() if k in CURVE_VALUES}
+    return record
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    written = []
-    rocs = {k: v for k, v in curves.items() if k.endswith("_roc") and v is not None}
-    pro = curves.get("pixel_pro")
-    if rocs:
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        for name, (fpr, tpr) in rocs.items():
-            ax.plot(fpr, tpr, label=name.replace("_roc", ""))
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (final evaluation)")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        written.append(write_via(folder.curve("roc"), lambda tmp: fig.savefig(tmp, dpi=100)))
-        plt.close(fig)
-    if pro is not None:
-        fpr, overlap = pro
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(fpr, overlap)
-        ax.axvline(0.3, color="grey", linestyle=":", linewidth=0.8)  # the AUPRO integration limit (FPR 0.3)
-        ax.set(xlabel="false positive rate", ylabel="per-region overlap", title="PRO (pooled, final evaluation)",
-               xlim=(0, max(0.3, float(fpr[-1]) if len(fpr) else 0.3)), ylim=(0, 1.02))
-        fig.tight_layout()
-        written.append(write_via(folder.curve("pro"), lambda tmp: fig.savefig(tmp, dpi=100)))
-        plt.close(fig)
-    return written
+def write_curves(folder: RunFolder, record: dict[str, Any]) -> dict[str, Any]:
+    """``curves.json`` plus ``roc_curve.png`` and ``pro_curve.png`` (figures.py); returns the figures as arrays."""
+    write_atomic(folder.curves_data, json.dumps(record) + "\n")
+    arrays = {}
+    for kind, draw in (("roc", figures.roc_figure), ("pro", figures.pro_figure)):
+        fig = draw(record, record["values"])
+        figures.save(fig, folder.curve(kind), close=False)
+        arrays[f"{kind}_curve"] = figures.to_array(fig)
+        figures.close(fig)
+    return arrays
 
 
 def summary_table(payload: dict[str, Any], run_dir: Path) -> str:
@@ -219,8 +210,10 @@ class ResultsWriter(Callback):
             payload["oracle"] = oracle
             payload["periodic"] = pl_module.periodic
         write_metrics(self.folder, payload)
-        curves = plot_curves(self.folder, pl_module.curves or {})
-        log_final(self.logger, pl_module.final, payload["steps"], curves,
+        record = curve_record(pl_module.curves or {}, pl_module.final)
+        arrays = write_curves(self.folder, record)
+        log_final(self.logger, pl_module.final, payload["steps"], arrays, record,
+                  [self.folder.metrics, self.folder.curves_data],
                   self.folder.last_checkpoint if self.log_model else None)
         log_summary(self.logger, {f"final/{k}": v for k, v in pl_module.final.items()}
                     | {f"oracle/{k}": v for k, v in (oracle or {}).items()} | self.durations)

@@ -176,7 +176,8 @@ def _train(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None, resumed_st
     trainer = Trainer(
         **kwargs, max_epochs=-1, logger=logger, default_root_dir=str(folder.path),
         callbacks=[checkpoint, PicturePanels(folder.images), EvaluationLine(), results, watch,
-                   *([IterationProgress()] if show_progress else []), *([requeue] if requeue else []),
+                   *([IterationProgress(cfg.trainer.log_every_n_steps)] if show_progress else []),
+                   *([requeue] if requeue else []),
                    *(callbacks or [])],
         enable_progress_bar=False,
         plugins=[checkpoint_io, *([SLURMEnvironment(auto_requeue=False)] if slurm else [])],
