@@ -137,3 +137,10 @@ def test_deploy_does_not_load_lightning():
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]", f"import urd_lightning.deploy loaded Lightning: {done.stdout}"
+
+
+def test_at_most_five_loose_top_level_modules():
+    # The package is grouped by part (config/, run/, models/, data/, metrics/, training/, deploy/, benchmark/); only
+    # the entry point and the few modules every part shares stay loose.
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert len(loose) <= 5, f"{len(loose)} loose modules at the top of the package: {loose}; put them in a part"
