@@ -126,6 +126,6 @@ def test_test_command_gives_identical_metrics_from_weights(mvtec_root: Path, tmp
         out = RunFolder.of(cfg).path / "test_metrics.json" if path == ckpt else path.with_suffix(".metrics.json")
         results[path] = json.loads(out.read_text())["final"]
     assert results[ckpt] == results[weights] and results[ckpt]
-    rows = [predict(p, Path(mvtec_root) / "bottle" / "test", tmp_path / p.stem, device="cpu", progress=False)
+    rows = [predict(p, Path(mvtec_root) / "bottle" / "test", tmp_path / p.name, device="cpu", progress=False)
             for p in (ckpt, weights)]
     assert [r["raw_score"] for r in rows[0]["images"]] == [r["raw_score"] for r in rows[1]["images"]]
