@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning.pytorch import Callback
+
 
 def tiny(root, out, *extra):
     """``train`` arguments of a one-iteration run on the fake MVTec ``root``, writing under ``out``."""
@@ -22,3 +24,14 @@ def train_tiny(root, out, *extra):
     cfg = load_config(tiny(root, out, *extra))
     train(cfg)
     return cfg, Path(RunFolder.of(cfg).path) / "checkpoints" / "last.ckpt"
+
+
+class CrashAfter(Callback):
+    """Stops the run with an error when iteration ``at + 1`` is about to start (a crash, a kill, a lost node)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.iteration == self.at:
+            raise RuntimeError("node lost")

@@ -5,7 +5,7 @@ import json
 import pytest
 from lightning.pytorch import Callback
 
-from helpers.training import tiny
+from helpers.training import CrashAfter, tiny
 from urd_lightning.config import load_config
 from urd_lightning.errors import CheckpointError
 from urd_lightning.run.extras import EXTRAS_KEY, LEGACY, CheckpointExtras
@@ -33,16 +33,6 @@ def test_the_benchmark_compares_runs_by_the_same_identity():
     assert identity_diff(load_config(["seed=5"]), load_config([])) == ["data.seed", "seed"]
     assert all(is_execution_key(key) for key in EXECUTION_KEYS) and is_execution_key("wandb.project")
 
-
-class CrashAfter(Callback):
-    """Stops the run when iteration ``at + 1`` is about to start (a crash, a kill, a lost node)."""
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.iteration == self.at:
-            raise RuntimeError("node lost")
 
 
 class Iterations(Callback):

@@ -9,9 +9,9 @@ import json
 import logging
 
 import pytest
-from lightning.pytorch import Callback
 from test_train import tiny
 
+from helpers.training import CrashAfter
 from urd_lightning.config import load_config
 from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.history import HistoryCSVLogger
@@ -74,16 +74,6 @@ def test_rows_without_an_iteration_column_are_cut_by_step(tmp_path):
     log_rows(tmp_path, 2, [3])
     assert [r["step"] for r in rows_of(csv_path)] == ["0", "1", "2"]
 
-
-class CrashAfter(Callback):
-    """Stops the run with an error when iteration ``at + 1`` is about to start (a crash, a kill, a lost node)."""
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.iteration == self.at:
-            raise RuntimeError("node lost")
 
 
 @pytest.mark.slow  # trains three times

@@ -30,7 +30,6 @@ EXECUTION_KEYS = (
     "batched_eval_forwards", "compile",  # how fast, not what is computed
     "runtime",  # the block config.yaml adds: what the hardware resolved, recorded, never asked for
 )  # fmt: skip
-NAME_KEYS = ("run", "dataset", "data.category")  # values that become folder names
 MAX_NAME = 120  # bytes (UTF-8); below every file system's 255-byte limit for one name, with room for suffixes
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")  # separators (POSIX and Windows) and control characters
 

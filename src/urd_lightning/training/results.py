@@ -57,10 +57,6 @@ def has_undefined(value: Any) -> bool:
     return isinstance(value, list | tuple) and any(has_undefined(v) for v in value)
 
 
-def metric_values(section: dict[str, Any] | None) -> dict[str, float]:
-    """A ``final``/``oracle`` block of ``metrics.json`` as floats, a null (undefined metric) read back as NaN."""
-    return {k: math.nan if v is None else float(v) for k, v in (section or {}).items()}
-
 
 def write_metrics(folder: RunFolder, payload: dict[str, Any]) -> Path:
     """The run's ``metrics.json`` (design.md "results" format); returns its path.
