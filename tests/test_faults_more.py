@@ -237,14 +237,27 @@ def test_an_empty_dtd_image_is_one_line_at_set_up(tmp_path):
 
 # --- export: a folder as output stops before the work; a full disk is one line whatever the writer ------------------
 
-def test_export_to_a_folder_is_refused_before_the_work(tmp_path, capsys):
+def test_export_to_a_folder_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    from urd_lightning.deploy import export
+    from urd_lightning.errors import ConfigError
+
     (tmp_path / "models").mkdir()
     ckpt = _tiny_checkpoint(tmp_path)
     before = snapshot(tmp_path)
-    for fmt in ("onnx", "weights"):
+    started = []  # the work: reading the checkpoint into a model (graph formats) or into a weights file
+
+    def work(name):
+        def begin(*args, **kwargs):
+            started.append(name)
+            raise ConfigError(f"{name} started")  # stands in for the seconds of work a refusal must precede
+        return begin
+
+    monkeypatch.setattr(export, "load_model", work("load_model"))
+    monkeypatch.setattr(export, "save_weights", work("save_weights"))
+    for fmt in ("onnx", "torchscript", "weights"):
         code, line = run_cli(capsys, "export", f"ckpt={ckpt}", f"format={fmt}", f"output={tmp_path / 'models'}")
         assert code == 2 and f"output={tmp_path / 'models'} is a folder; give a file name" in line
-    assert snapshot(tmp_path) == before and not any((tmp_path / "models").iterdir())
+    assert started == [] and snapshot(tmp_path) == before and not any((tmp_path / "models").iterdir())
 
 
 @pytest.mark.parametrize("fmt", ["weights", "torchscript"])
