@@ -344,16 +344,3 @@ def test_predict_lists_a_dangling_symlink_instead_of_skipping_it_silently(tmp_pa
     rows = {Path(r["image_path"]).name: r for r in _rows(tmp_path / "out")}
     assert rows["a.png"]["status"] == "ok" and rows["gone.png"]["status"] == "unreadable"
     assert "broken symbolic link" in rows["gone.png"]["error"]
-
-
-# --- odd places: a file where a folder must be made is one line, nothing changed ------------------------------------
-
-def test_a_file_given_as_a_folder_is_one_line(mvtec_root, tmp_path, capsys):
-    (tmp_path / "a_file").write_text("mine\n")
-    before = snapshot(tmp_path)
-    code, line = run_cli(capsys, "data", "demo", "--root", str(tmp_path / "a_file"))
-    assert code == 2 and line.startswith(f"error: cannot write {tmp_path / 'a_file'}")
-    code, line = run_cli(capsys, "train", f"data.root={mvtec_root}", f"output_dir={tmp_path / 'out'}", *SMALL,
-                         f"data.pixel_cache_dir={tmp_path / 'a_file'}")
-    assert code == 2 and "cannot write" in line and "a_file" in line and "choose a folder you can write to" in line
-    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out")} == before

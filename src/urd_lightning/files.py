@@ -138,26 +138,37 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def probe_writable(folder: str | Path) -> None:
+    """The one writability probe: raise the ``OSError`` that making ``folder`` (if missing) or a file in it would.
+
+    It creates no folder and touches nothing that exists: one temporary file is made and removed in ``folder`` or,
+    when ``folder`` is missing, in its nearest existing parent, where the folder would be made. (A probe that made
+    the folder and removed it again could remove it under a concurrent run, e.g. another DDP rank, that is about
+    to write into it.)
+    """
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder", str(existing))
+    fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def ensure_writable(folder: str | Path, what: str) -> Path:
     """Prove that ``folder`` can be created (if missing) and can hold a file, before any work starts.
 
+    Nothing is created or changed (:func:`probe_writable`): the work makes the folder when it needs it.
+
     Raises:
-        OutputError: one line naming the key (``what``) and the folder.
+        OutputError: one line naming the key (``what``), the folder and why.
     """
     folder = Path(folder)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first; removed again below
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise OutputError(f"{what}={folder} cannot be written ({reason}); choose a folder you can write to") from exc
-    finally:
-        for made in created:  # a check leaves nothing behind: the work creates what it needs
-            try:
-                made.rmdir()
-            except OSError:
-                break
+        where = "" if folder.is_absolute() else f" ({Path.cwd() / folder})"  # relative: to the current folder
+        raise OutputError(f"{what}={folder}{where} cannot be written ({reason}); choose a folder you can write "
+                          "to") from exc
     return folder

@@ -44,7 +44,9 @@ from urd_lightning.benchmark.slurm import options as slurm_options
 from urd_lightning.config import read_command_line
 from urd_lightning.config.cli import Command, Option
 from urd_lightning.config.files import dataset_categories, order_categories
+from urd_lightning.data import demo
 from urd_lightning.errors import ConfigError
+from urd_lightning.files import ensure_writable
 from urd_lightning.run.folder import RunFolder, category_log
 from urd_lightning.run.identity import is_execution_key
 from urd_lightning.training.train import train
@@ -237,6 +239,19 @@ def run_benchmark(
     return [records[job.run_dir] for job in jobs]
 
 
+def check_places(jobs: list[Job]) -> None:
+    """One line before any category starts when a place the benchmark writes cannot be written.
+
+    The output folder (logs, runs, the table) and, for a demo dataset still to be written, its folder; the caches
+    are placed when each category's config is loaded (``config/places.py``).
+    """
+    if not jobs:
+        return
+    ensure_writable(jobs[0].cfg.output_dir, "output_dir")
+    if jobs[0].cfg.data.benchmark == "demo":
+        demo.check_root(jobs[0].cfg.data.root, "data.root")
+
+
 BENCHMARK = Command(
     "benchmark", "Train every category of a benchmark, then write the results table beside the paper's means. Every "
     "config key is passed to each category's training; runs live in <output_dir>/<dataset>/<category>/<run>/.",
@@ -292,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"[{index}] {job.category} ({state}): {' '.join(train_command(job))}\n")
         return 0
     gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
+    check_places(jobs)
     try:
         records = run_benchmark(jobs, args.in_process, gpus, args.force, args.report_only, jobs_at_once=args.jobs,
                                 slurm=slurm)

@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from urd_lightning.config.augment import resolve_augment
 from urd_lightning.config.cli import HELP_FLAGS, Arguments, Command, HelpRequested, help_text, parse_command_line
 from urd_lightning.config.files import CONFIG_DIR, config_names, config_roots, find_config, key_descriptions, load_yaml
+from urd_lightning.config.places import place_caches
 from urd_lightning.config.ranges import check_ranges
 from urd_lightning.config.schema import Config, key_types
 from urd_lightning.config.textures import resolve_textures
@@ -139,14 +140,16 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
         argv: dotlist overrides such as ``["dataset=visa", "data.category=pcb1", "trainer.max_steps=10"]``.
         config_dir: a folder of ``data/`` and ``experiment/`` files (and optionally ``default.yaml``) layered on
             top of the shipped configs; default: the ``config_dir=`` override, else ``URD_CONFIG_DIR``.
-        here: check ``trainer.accelerator`` and ``trainer.devices`` against this machine's GPUs; False for a config
-            resolved here to run elsewhere (``benchmark --slurm`` on a login node).
+        here: check ``trainer.accelerator`` and ``trainer.devices`` against this machine's GPUs, and place the
+            caches where this process can write (``places.py``); False for a config resolved here to run elsewhere
+            (``benchmark --slurm`` on a login node).
 
     Returns:
         A struct-mode DictConfig of :class:`Config`, with ``run`` filled in.
 
     Raises:
         ConfigError: unknown key (with the closest valid ones), bad value, unknown dataset/experiment/category.
+        OutputError: a cache folder the user gave cannot be written.
     """
     overrides = _dotlist(list(argv or []))
     user_dir = config_dir if config_dir is not None else overrides.get("config_dir")
@@ -201,6 +204,8 @@ def load_config(argv: list[str] | None = None, config_dir: Path | str | None = N
     if cfg.data.seed is None:  # the data follow the run's seed, as the authors' one setup_seed(111) does
         cfg.data.seed = int(cfg.seed)
     check_ranges(cfg, here)  # values within their ranges, before anything is built or written (ranges.py)
+    if here:  # caches this process can write (the current folder's, else the user's): places.py
+        place_caches(cfg.data, {f"data.{key}" for key in (user.get("data") or {})})
     # The texture source is recorded resolved (dtd | procedural | none): part of the run's identity.
     cfg.data.textures, cfg.data.dtd_root = resolve_textures(cfg.data.textures, cfg.data.dtd_root, cfg.data.synthesis)
     # The pipeline itself, not a file name, is recorded and hashed into the run's identity (config/augment.py).

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return _check(values)
     from urd_lightning.data.demo import ensure_demo, generate_demo
 
-    root = generate_demo(values["root"]) if values["force"] else ensure_demo(values["root"])
+    root = generate_demo(values["root"], "root") if values["force"] else ensure_demo(values["root"], "root")
     print(f"demo dataset ready in {root} (categories: weave, disc)")
     return 0
 

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from urd_lightning.errors import DataError
-from urd_lightning.files import write_atomic
+from urd_lightning.files import ensure_writable, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -230,14 +230,33 @@ def _check_target(root: Path) -> None:
                             "an empty or new folder (data.root=... or --root ...), or move that folder away.")
 
 
-def generate_demo(root: str | Path) -> Path:
+def check_root(root: str | Path, what: str = "data.root") -> None:
+    """Stop before any work when the demo dataset must be (re)written and ``root`` cannot take it.
+
+    Nothing to write (the current generator's output is there): a read-only ``root`` is fine. Else a folder of
+    the user's (:func:`_check_target`) or a ``root`` that cannot be written (read-only, a file) is one line naming
+    ``what`` (the key the user gave: ``data.root``, or ``root`` for ``data demo``); nothing is created.
+    """
+    if not _up_to_date(Path(root)):
+        _check_target(Path(root))
+        ensure_writable(root, what)
+
+
+def _up_to_date(root: Path) -> bool:
+    stamp = root / STAMP
+    return stamp.is_file() and stamp.read_text().strip() == generator_hash()
+
+
+def generate_demo(root: str | Path, what: str = "data.root") -> Path:
     """(Re)write the whole demo dataset under ``root`` and stamp it with the generator's hash.
 
     The data is written into a fresh temporary folder beside the target and moved into place; an existing
     category folder is replaced only when it is one this generator wrote (else :class:`DataError`, nothing touched).
+    A ``root`` that cannot be written stops before anything is drawn (``what``: the key that named it).
     """
     root = Path(root)
     _check_target(root)
+    ensure_writable(root, what)
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".demo-building-", dir=root))
     try:
@@ -255,12 +274,11 @@ def generate_demo(root: str | Path) -> Path:
     return root
 
 
-def ensure_demo(root: str | Path) -> Path:
-    """Generate the demo dataset unless ``root`` already holds the current generator's output."""
+def ensure_demo(root: str | Path, what: str = "data.root") -> Path:
+    """Generate the demo dataset unless ``root`` already holds the current generator's output (see check_root)."""
     root = Path(root)
-    stamp = root / STAMP
-    if stamp.is_file() and stamp.read_text().strip() == generator_hash():
+    if _up_to_date(root):
         return root
-    _check_target(root)
+    check_root(root, what)  # before the line that says it is being generated
     log.info("generating the demo dataset in %s (a few seconds, no download)", root)
-    return generate_demo(root)
+    return generate_demo(root, what)

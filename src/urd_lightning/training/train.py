@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from urd_lightning.checkpoint_io import load_checkpoint_file
 from urd_lightning.config import load_config, read_command_line, to_yaml
 from urd_lightning.config.cli import Command
+from urd_lightning.data import demo
 from urd_lightning.errors import CheckpointError
 from urd_lightning.files import ensure_writable, write_atomic
 from urd_lightning.run.extras import EXTRAS_KEY, CheckpointExtras
@@ -116,6 +117,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     folder = RunFolder.of(cfg)
     ensure_writable(cfg.output_dir, "output_dir")  # one line now, not five tracebacks after the data is built
+    if cfg.data.benchmark == "demo":  # a demo dataset still to be written needs a data.root it can write
+        demo.check_root(cfg.data.root, "data.root")
     ckpt_path = resume_path(cfg.resume, folder)  # null, last, auto (SLURM requeue) or a path
     # A bad resume= file stops here, before anything is built or written.
     resumed_step = _check_resume_file(cfg, ckpt_path) if ckpt_path is not None else None
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = read_command_line(TRAIN, argv)
     if args is None:  # --help
         return 0
+    setup_console_logging()  # before the config: loading it may say where the caches go (config/places.py)
     try:
         train(load_config(args.overrides))
     except TrainingInterrupted as exc:
