@@ -94,10 +94,16 @@ def test_demo_into_a_file_is_one_line(tmp_path, capsys):
 
 
 def test_a_demo_already_written_reads_from_a_read_only_folder(tmp_path, monkeypatch, capsys):
+    from urd_lightning.training import train
+
     assert run_cli(capsys, "data", "demo", "--root", str(tmp_path / "demo"))[0] == 0
     before = snapshot(tmp_path / "demo")
     read_only(monkeypatch, tmp_path / "demo")  # nothing to write: the read-only copy serves
     assert run_cli(capsys, "data", "demo", "--root", str(tmp_path / "demo")) == (0, "")
+    started = refuse_work(monkeypatch, train, "build_datamodule")
+    code, line = run_cli(capsys, "train", "dataset=demo", f"data.root={tmp_path / 'demo'}",
+                         f"output_dir={tmp_path / 'out'}", *SMALL)
+    assert (code, line, started) == (2, "error: build_datamodule started", ["build_datamodule"])  # past the checks
     assert snapshot(tmp_path / "demo") == before
 
 
