@@ -39,6 +39,8 @@ class DataConfig:
     dtd_root: str | None = None
     foreground: str = "auto"
     seed: int | None = None
+    # Relative to the current folder; a default that cannot be written there moves to the user's cache folder
+    # (config/places.py), a folder the user gives never does.
     cache_dir: str = ".cache/urd/foreground"
     pixel_cache_dir: str | None = ".cache/urd/pixels"
     augment: Any = False  # false | flips | an albumentations pipeline (config/augment.py), stored resolved
