@@ -19,7 +19,14 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from PIL import Image
-from tests.test_faults import SMALL, _point_lightning_at_this_stderr, _tiny_checkpoint, run_cli, snapshot
+from tests.test_faults import (
+    SMALL,
+    _point_lightning_at_this_stderr,
+    _tiny_checkpoint,
+    run_cli,
+    run_cli_output,
+    snapshot,
+)
 
 from urd_lightning.__main__ import main
 
@@ -233,6 +240,20 @@ def test_an_empty_dtd_image_is_one_line_at_set_up(tmp_path):
     (tmp_path / "dtd" / "images" / "banded" / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match=r"1 empty \(0-byte\) DTD image\(s\) .*empty.jpg: delete them"):
         DTDTextures(tmp_path / "dtd")
+
+
+def test_an_empty_dtd_image_stops_training_with_one_line_that_data_check_agrees_with(mvtec_root, tmp_path, capsys):
+    dtd = tmp_path / "dtd"
+    _images(dtd / "images" / "banded", ["ok.jpg", "more.jpg"])
+    (dtd / "images" / "banded" / "empty.jpg").write_bytes(b"")  # an interrupted copy
+    before = snapshot(tmp_path)
+    code, line = run_cli(capsys, "train", f"data.root={mvtec_root}", f"output_dir={tmp_path / 'out'}", *SMALL,
+                         "data.num_workers=1", "data.textures=dtd", f"data.dtd_root={dtd}", "run=r")  # in a worker
+    assert code == 2 and "1 empty (0-byte) DTD image(s)" in line and "data check dtd" in line
+    after = snapshot(tmp_path)
+    assert {k: after.get(k) for k in before} == before and not list((tmp_path / "out").rglob("*.ckpt"))
+    code, _, out = run_cli_output(capsys, "data", "check", "dtd", f"root={dtd}")  # the check the line points to
+    assert code == 1 and "empty.jpg" in out
 
 
 # --- export: a folder as output stops before the work; a full disk is one line whatever the writer ------------------
