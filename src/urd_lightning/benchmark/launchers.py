@@ -2,7 +2,8 @@
 
 Each category is one ``python -m urd_lightning train ...`` process whatever the launcher, its output in
 ``_reports/<run>/logs/<category>.log`` between a ``started``/``ended`` line (wall-clock time and process id), so a
-log shows when and where it ran; a rerun (a resumed benchmark) appends its own pair, so a cut attempt's output stays. ``--jobs N`` runs up to N of these processes at once through submitit's
+log shows when and where it ran; a rerun (a resumed benchmark) appends its own pair, so a cut attempt's output
+stays. ``--jobs N`` runs up to N of these processes at once through submitit's
 ``LocalExecutor`` (the ``[cluster]`` extra): submitit owns the processes and their GPU (``CUDA_VISIBLE_DEVICES``);
 this module only keeps N of them busy. The command is built in the parent, so the job process needs nothing of it.
 """
