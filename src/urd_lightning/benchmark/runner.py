@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(seeds) > 1:
             for group in group_by_config(records):
                 out = jobs[0].folder.reports.parent / group_name(group)  # beside the per-seed reports
-                paths = write_seed_report(dataset, group, out)
+                paths = write_seed_report(dataset, group, out, args.plots)
                 sys.stdout.write(paths["seeds_markdown"].read_text())
                 log.info("over the seeds: %s", ", ".join(str(p) for p in paths.values()))
     missing = [r for r in records if r.status != "done"]
