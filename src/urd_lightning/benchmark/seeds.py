@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from urd_lightning.benchmark.paper import PAPER_MEANS, PAPER_SOURCE
+from urd_lightning.benchmark.plots import BAR_METRICS, bar_chart
 from urd_lightning.benchmark.records import RunRecord
 from urd_lightning.config.files import order_categories
 from urd_lightning.errors import ConfigError
@@ -213,8 +214,6 @@ def write_seed_report(dataset: str, records: list[RunRecord], out_dir: Path, plo
     else:
         paths.pop("seeds_latex")
     if plots and "final" in stats:
-        from urd_lightning.benchmark.plots import BAR_METRICS, bar_chart  # matplotlib only when plotting
-
         table = stats["final"]
         rows = [*order_categories(dataset, [c for c in table if c != "mean"]), "mean"]
         seeds = sorted({s for s in (seed_of(r) for r in records) if s is not None})
