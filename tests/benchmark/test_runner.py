@@ -163,6 +163,29 @@ def test_subprocess_runner_logs_each_category_and_records_exit_codes(tmp_path: P
     assert f"training {jobs[1].category}" in (logs / f"{jobs[1].category}.log").read_text()
 
 
+def test_each_seeds_run_keeps_its_own_category_logs_and_a_rerun_appends(tmp_path: Path, monkeypatch):
+    # Seeds share category names: one shared logs/ folder let the last seed's log replace the others'.
+    jobs = [job for seed in (111, 1) for job in plan("demo", [f"output_dir={tmp_path}", "run=r"], seed=seed)]
+    failing = {str(jobs[0].run_dir)}
+
+    def command(job: Job) -> list[str]:
+        flag = "1" if str(job.run_dir) in failing else "0"
+        code = "import sys; print('run dir', sys.argv[1], flush=True)" + FAKE_TRAIN
+        return [sys.executable, "-c", code, str(job.run_dir), job.category, flag, to_yaml(job.cfg), "demo"]
+
+    monkeypatch.setattr(benchmark, "train_command", command)
+    run_benchmark(jobs)
+    failing.clear()
+    run_benchmark(jobs)  # the failed category again: a resumed benchmark
+    assert len({job.folder.reports for job in jobs}) == 2  # one reports folder per seed's run
+    for job in jobs:
+        log = (job.folder.reports / "logs" / f"{job.category}.log").read_text()
+        assert log.count("# started") == (2 if job is jobs[0] else 1)
+        assert set(re.findall(r"^run dir (.*)$", log, flags=re.M)) == {str(job.run_dir)}
+    first = (jobs[0].folder.reports / "logs" / f"{jobs[0].category}.log").read_text()
+    assert "out of memory" in first  # the cut attempt's output is still there
+
+
 def test_one_process_per_gpu(tmp_path: Path, monkeypatch):
     jobs = plan("mvtec", [f"output_dir={tmp_path}", "run=r"], categories=["bottle", "cable", "capsule", "carpet"])
 

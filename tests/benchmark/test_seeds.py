@@ -82,6 +82,27 @@ def test_two_configs_two_seeds_each_aggregate_apart(tmp_path: Path, fake_train):
     latex = (gii_dir / "seeds.tex").read_text()
     assert r"\toprule" in latex and r"\midrule" in latex and r"\bottomrule" in latex
     assert r"bottle & $85.0 \pm 7.1$" in latex
+    assert (gii_dir / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_seeds_chart_draws_the_means_with_the_std_as_error_bars(tmp_path: Path, fake_train, monkeypatch):
+    from matplotlib.axes import Axes
+
+    assert run(tmp_path, "gii") == 0
+    drawn = []
+    real_bar = Axes.bar
+
+    def spy(self, x, height, *args, yerr=None, **kwargs):
+        drawn.append((kwargs.get("label"), list(height), None if yerr is None else list(yerr)))
+        return real_bar(self, x, height, *args, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", spy)
+    group = next((tmp_path / "mvtec" / "_reports").glob("*-seeds"))
+    assert report_main([str(group.parent.parent), f"out={tmp_path / 'out'}"]) == 0
+    seeds_bars = {label: (h, e) for label, h, e in drawn if e is not None}  # the per-run bars carry no yerr
+    heights, errors = seeds_bars["image AUROC"]  # bottle, cable, mean (percent)
+    assert heights == pytest.approx([85.0, 90.0, 87.5])
+    assert errors == pytest.approx([100 * statistics.stdev([0.90, 0.80])] * 3)
 
 
 def test_seeds_are_checked():

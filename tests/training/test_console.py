@@ -68,3 +68,17 @@ def test_wandb_is_not_asked_for_the_deprecated_anonymous_setting():
 
     logger = _wandb_logger(load_config(["logger=wandb"]), __import__("pathlib").Path("."), "offline", "abc12345")
     assert "anonymous" not in logger._wandb_init  # wandb prints a deprecation line whenever it is passed
+
+
+def test_a_real_run_without_a_terminal_logs_plain_progress_lines_and_no_carriage_returns(mvtec_root, tmp_path, capfd):
+    # The stand-in trainer above pins the line format; this pins the wiring: the Trainer's callbacks, a real fit,
+    # stderr redirected as under SLURM or `benchmark` (pytest's capture is not a terminal).
+    from tests.helpers.training import train_tiny
+
+    train_tiny(mvtec_root, tmp_path, "trainer.enable_progress_bar=true", "trainer.max_steps=2",
+               "trainer.log_every_n_steps=1", "eval.num_samples=0")
+    out, err = capfd.readouterr()
+    lines = [line.removeprefix("[urd] ") for line in err.splitlines() if line.startswith("[urd] iteration ")]
+    assert [line.split("  ")[0] for line in lines] == ["iteration 1/2 (50%)", "iteration 2/2 (100%)"]
+    assert all("loss_teacher=" in line and "loss_student=" in line for line in lines)
+    assert "\r" not in out + err  # no bar's carriage-return updates in a log file

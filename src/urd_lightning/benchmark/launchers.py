@@ -2,7 +2,8 @@
 
 Each category is one ``python -m urd_lightning train ...`` process whatever the launcher, its output in
 ``_reports/<run>/logs/<category>.log`` between a ``started``/``ended`` line (wall-clock time and process id), so a
-log shows when and where it ran. ``--jobs N`` runs up to N of these processes at once through submitit's
+log shows when and where it ran; a rerun (a resumed benchmark) appends its own pair, so a cut attempt's output
+stays. ``--jobs N`` runs up to N of these processes at once through submitit's
 ``LocalExecutor`` (the ``[cluster]`` extra): submitit owns the processes and their GPU (``CUDA_VISIBLE_DEVICES``);
 this module only keeps N of them busy. The command is built in the parent, so the job process needs nothing of it.
 """
@@ -34,7 +35,7 @@ def log_tail(path: Path, lines: int = 3) -> str:
 def run_logged(command: list[str], log_path: Path, echo: bool = False) -> str:
     """Run one category's command, its output to ``log_path`` (and the terminal when ``echo``); "" on success."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as sink:
+    with log_path.open("ab") as sink:  # append: the output of an earlier, cut attempt is kept
         sink.write(f"# started {time.time():.6f} pid {os.getpid()}\n".encode())
         sink.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -22,6 +22,7 @@ from urd_lightning.benchmark.paper import PAPER_MEANS  # noqa: E402
 from urd_lightning.benchmark.records import RunRecord  # noqa: E402
 from urd_lightning.files import write_via  # noqa: E402
 from urd_lightning.run.folder import RunFolder  # noqa: E402
+from urd_lightning.training.figures import DPI, FPR_LIMIT, ROC_LIMITS  # noqa: E402  (one style for every figure)
 
 BAR_METRICS = {
     "image_AUROC": "image AUROC",
@@ -29,32 +30,46 @@ BAR_METRICS = {
     "pixel_AUPRO_per_image": "AUPRO per-image",
     "pixel_AUPRO": "AUPRO pooled",
 }
-FPR_LIMIT = 0.3  # the PRO curve is only integrated up to FPR 0.3 (MVTec AD / RD4AD protocols)
 
 
 def plot_bars(dataset: str, run: str, records: list[RunRecord], path: Path) -> Path:
     """Grouped bars per category (percent), with the paper's means as dashed lines in the bar's colour."""
-    cats = [r.category for r in records]
+    values = {key: [r.metrics.get("final", {}).get(key, math.nan) for r in records] for key in BAR_METRICS}
+    return bar_chart(dataset, f"URD on {dataset}, run {run} (final iteration)", [r.category for r in records],
+                     values, None, path)
+
+
+def bar_chart(dataset: str, title: str, categories: list[str], values: dict[str, list[float]],
+              errors: dict[str, list[float]] | None, path: Path) -> Path:
+    """Grouped bars, one group per category and one bar per :data:`BAR_METRICS` metric (fractions, drawn in percent).
+
+    ``errors``: a standard deviation per bar (the seeds report), drawn as error bars; NaN draws none.
+    """
     width = 0.8 / len(BAR_METRICS)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(cats) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(categories) + 2), 4))
     paper = PAPER_MEANS.get(dataset, {})
+    finite = [100 * v for k in BAR_METRICS for v in values.get(k, []) if not math.isnan(v)]
     for i, (key, label) in enumerate(BAR_METRICS.items()):
-        values = [100 * r.metrics.get("final", {}).get(key, math.nan) for r in records]
-        xs = [c + (i - (len(BAR_METRICS) - 1) / 2) * width for c in range(len(cats))]
-        bars = ax.bar(xs, values, width, label=label)
+        heights = [100 * v for v in values.get(key, [math.nan] * len(categories))]
+        spread = [100 * e for e in errors[key]] if errors and key in errors else None
+        xs = [c + (i - (len(BAR_METRICS) - 1) / 2) * width for c in range(len(categories))]
+        bars = ax.bar(xs, heights, width, label=label, yerr=spread, capsize=2 if spread else 0,
+                      error_kw={"linewidth": 0.8})
+        if spread:
+            finite += [h - e for h, e in zip(heights, spread, strict=True) if not math.isnan(h - e)]
         if key in paper:
             ax.axhline(100 * paper[key], color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=1)
-    ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
+    ax.set_xticks(range(len(categories)), categories, rotation=45, ha="right")
     ax.set_ylabel("percent")
-    finite = [100 * v for r in records for k, v in r.metrics.get("final", {}).items() if k in BAR_METRICS]
     finite += [100 * v for k, v in paper.items() if k in BAR_METRICS]  # every paper line inside the axes
+    # Zoomed to the values (5 points below the lowest): benchmark numbers sit in the 90s, where a 0 baseline
+    # would make every category look the same.
     ax.set_ylim(max(0.0, min(finite, default=0.0) - 5), 100.5)
-    title = f"URD on {dataset}, run {run} (final iteration)"
     ax.set_title(title + ("; dashed: paper means" if paper else ""), pad=22, fontsize=8)
     # Above the axes, never over them: a legend inside would hide a category's bars.
     ax.legend(fontsize=7, ncol=len(BAR_METRICS), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
     plt.close(fig)
     return path
 
@@ -85,12 +100,12 @@ def plot_curves_overlay(records: list[RunRecord], kind: str, path: Path) -> Path
             value = (curves.get("values") or {}).get(metric)
             label = record.category + (f" ({100 * value:.1f})" if value is not None else "")
             ax.plot(curves[key]["fpr"], curves[key][y_key], linewidth=0.9, color=colours(i % colours.N), label=label)
-    ax.set(xlim=(0, limit), ylim=(0, 1.01), xlabel="false positive rate",
+    ax.set(**(ROC_LIMITS if y_key == "tpr" else {"xlim": (0, limit), "ylim": (0, 1.01)}), xlabel="false positive rate",
            ylabel="true positive rate" if y_key == "tpr" else "per-region overlap", title=title)
     ax.legend(fontsize=5.5, ncol=2 if len(records) > 8 else 1, loc="lower right", title=metric.replace("_", " "),
               title_fontsize=6)
     fig.tight_layout(pad=0.4)
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=150))
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
     plt.close(fig)
     return path
 
@@ -109,7 +124,7 @@ def plot_curve_sheet(records: list[RunRecord], filename: str, path: Path) -> Pat
         ax.imshow(plt.imread(image_path))
         ax.set_title(category, fontsize="small")
     fig.tight_layout()
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    write_via(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
     plt.close(fig)
     return path
 

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = group[0].dataset
         where = Path(values["out"]) if values["out"] else RunFolder(group[0].path).reports.parent
         paths = write_seed_report(dataset, group, where / (f"{dataset}-{group_name(group)}" if values["out"]
-                                                           else group_name(group)))
+                                                           else group_name(group)), values["plots"])
         log.info("%s", paths["seeds_markdown"].read_text())
         log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0

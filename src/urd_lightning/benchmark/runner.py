@@ -203,7 +203,7 @@ def run_benchmark(
             records[job.run_dir] = RunRecord(job.cfg.dataset, job.category, str(job.cfg.run), "missing", job.run_dir)
         else:
             todo.append(job)
-    reports = jobs[0].folder.reports if jobs else None
+    reports = jobs[0].folder.reports if jobs else None  # submitit's files of the whole launch (all seeds) go here
 
     def prepared(job: Job) -> Job:
         if not force and job.folder.last_checkpoint.is_file() and not config_diff(job):
@@ -219,8 +219,8 @@ def run_benchmark(
         if on_done:
             on_done(record)
 
-    def log_path(job: Job) -> Path:
-        return category_log(reports, job.category)
+    def log_path(job: Job) -> Path:  # the job's own run's reports: seeds share categories, not logs
+        return category_log(job.folder.reports, job.category)
 
     if slurm is not None and todo:
         todo = [prepared(job) for job in todo]
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(seeds) > 1:
             for group in group_by_config(records):
                 out = jobs[0].folder.reports.parent / group_name(group)  # beside the per-seed reports
-                paths = write_seed_report(dataset, group, out)
+                paths = write_seed_report(dataset, group, out, args.plots)
                 sys.stdout.write(paths["seeds_markdown"].read_text())
                 log.info("over the seeds: %s", ", ".join(str(p) for p in paths.values()))
     missing = [r for r in records if r.status != "done"]

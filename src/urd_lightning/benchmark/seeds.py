@@ -8,7 +8,8 @@ counts only when every category of the group finished it) and then takes mean ±
 spread a paper's benchmark mean has.
 
 Written beside the per-run reports, to ``<dataset folder>/_reports/<group>/``: ``seeds.md`` (beside the paper's
-means), ``seeds.csv`` (one row per category, section and metric) and ``seeds.tex`` (a LaTeX booktabs table).
+means), ``seeds.csv`` (one row per category, section and metric), ``seeds.tex`` (a LaTeX booktabs table) and
+``seeds.png`` (bars with the std as error bars).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from urd_lightning.benchmark.paper import PAPER_MEANS, PAPER_SOURCE
+from urd_lightning.benchmark.plots import BAR_METRICS, bar_chart
 from urd_lightning.benchmark.records import RunRecord
 from urd_lightning.config.files import order_categories
 from urd_lightning.errors import ConfigError
@@ -189,8 +191,11 @@ def latex(dataset: str, name: str, stats: dict) -> str:
     return caption + "\n" + "\n".join(lines) + "\n"
 
 
-def write_seed_report(dataset: str, records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
-    """``seeds.md``, ``seeds.csv`` and ``seeds.tex`` for one group of runs that differ only in the seed."""
+def write_seed_report(dataset: str, records: list[RunRecord], out_dir: Path, plots: bool = True) -> dict[str, Path]:
+    """``seeds.md``, ``seeds.csv``, ``seeds.tex`` and (``plots``) ``seeds.png`` for runs that differ only in the seed.
+
+    ``seeds.png``: the final-iteration means per category and overall as bars, the sample std as error bars.
+    """
     name = group_name(records)
     stats = aggregate(records)
     out = Path(out_dir)
@@ -208,4 +213,12 @@ def write_seed_report(dataset: str, records: list[RunRecord], out_dir: Path) -> 
         write_atomic(paths["seeds_latex"], latex(dataset, name, stats))
     else:
         paths.pop("seeds_latex")
+    if plots and "final" in stats:
+        table = stats["final"]
+        rows = [*order_categories(dataset, [c for c in table if c != "mean"]), "mean"]
+        seeds = sorted({s for s in (seed_of(r) for r in records) if s is not None})
+        paths["seeds_plot"] = bar_chart(
+            dataset, f"URD on {dataset}, {name}: mean ± std over seeds {', '.join(map(str, seeds))} (final iteration)",
+            rows, {m: [table[c][m][0] for c in rows] for m in BAR_METRICS},
+            {m: [table[c][m][1] for c in rows] for m in BAR_METRICS}, out / "seeds.png")
     return paths

@@ -143,7 +143,7 @@ class CategoryTask:
 
     Args:
         command: the ``python -m urd_lightning train ...`` command of the category.
-        log_path: ``_reports/<run>/logs/<category>.log``; attempts after the first append to it.
+        log_path: ``_reports/<run>/logs/<category>.log``; every attempt appends to it.
         run_dir: the category's run folder (to tell a finished training from a stopped one).
         attempt: 0 for the first run; requeued attempts train with ``resume=auto``.
         finished: the previous attempt's training had already ended well when it was stopped.
@@ -165,7 +165,7 @@ class CategoryTask:
             *(a for a in self.command if not a.startswith("resume=")), "resume=auto"]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._started = time.time()
-        with self.log_path.open("ab" if self._attempt else "wb") as sink:
+        with self.log_path.open("ab") as sink:  # append: an earlier submission's or attempt's output is kept
             self._sink = sink
             sink.write(f"# started {self._started:.6f} pid {os.getpid()} attempt {self._attempt}\n".encode())
             sink.flush()

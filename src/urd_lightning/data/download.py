@@ -111,7 +111,8 @@ def download(url: str, dest: str | Path, progress: bool = True, timeout: float =
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, initial=offset if resumed else 0, unit="B", unit_scale=True, desc=dest.name)
+            bar = tqdm(total=total, initial=offset if resumed else 0, unit="B", unit_scale=True, desc=dest.name,
+                       disable=None)  # None: no bar without a terminal (a log file would fill with \r updates)
         with open(part, mode) as handle:
             for block in iter(lambda: response.read(CHUNK), b""):
                 handle.write(block)

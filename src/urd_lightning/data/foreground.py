@@ -91,7 +91,8 @@ def foreground_masks(paths: Sequence[str], method: str, size: int, cache_dir: st
     if progress and method == "grabcut" and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"foreground masks ({method}, cached in {cache_dir})", leave=False)
+        bar = tqdm(total=len(todo), desc=f"foreground masks ({method}, cached in {cache_dir})", leave=False,
+                   disable=None)  # None: no bar without a terminal (a log file would fill with \r updates)
     masks: dict[int, np.ndarray | None] = {}
     if workers > 0 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor

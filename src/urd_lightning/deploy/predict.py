@@ -208,7 +208,8 @@ def predict(
         log.warning("skipping broken symbolic link %s (its target %s does not exist)", link, link.readlink())
         rows.append({"image_path": str(link), "status": "unreadable",
                      "error": f"broken symbolic link: its target {link.readlink()} does not exist"})
-    with tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
+    with tqdm(total=len(files), unit="img", desc="predict",
+              disable=None if progress else True) as bar:  # None: no bar without a terminal (no \r in logs)
         for start in range(0, len(files), batch_size):
             chunk = list(zip(files[start : start + batch_size], names[start : start + batch_size], strict=True))
             decoded, decoded_names, slots, chunk_rows = [], [], [], []

@@ -31,6 +31,8 @@ from urd_lightning.files import write_via  # noqa: E402
 
 FPR_LIMIT = 0.3  # AUPRO integrates the PRO curve up to FPR 0.3 (MVTec AD protocol, both variants)
 DPI = 150
+# ROC axes with a margin: a curve's vertical steps at FPR 0 and FPR 1 would otherwise hide under the spines.
+ROC_LIMITS = {"xlim": (-0.01, 1.01), "ylim": (-0.01, 1.01)}
 GT_COLOUR = "#00e000"  # the ground-truth contour: green reads on both the image and the jet colour map
 THRESHOLD_NOTE = "pixel threshold: F1-optimal on the test set"
 plt.rcParams.update({"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "legend.fontsize": 6.5,
@@ -94,7 +96,7 @@ def roc_figure(curves: dict[str, Any], values: dict[str, float], title: str = "R
             auc = values.get(f"{level}_AUROC", math.nan)
             ax.plot(curve["fpr"], curve["tpr"], linewidth=1.2, label=f"{level} (AUROC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, **ROC_LIMITS)
     ax.legend(loc="lower right")
     fig.tight_layout(pad=0.4)
     return fig
