@@ -4,9 +4,9 @@ The defaults (``.cache/urd/foreground``, ``.cache/urd/pixels``) are relative to 
 project keeps its caches beside its ``results/`` and ``datasets/``. When the current folder cannot be written (a
 read-only checkout, a job started in a read-only folder), a default cache moves to the user's cache folder,
 ``$XDG_CACHE_HOME/urd/<name>`` or ``~/.cache/urd/<name>``, with one info line saying so. A cache folder the user
-gave (on the command line, in an experiment or a config_dir file) is never moved: when it cannot be written, that
-is one line naming the key, before anything is built. The caches are execution keys (``run/identity.py``): where
-they live does not change a run.
+gave (any other value, wherever set, or the default spelled out on the command line or in an experiment) is never
+moved: when it cannot be written, that is one line naming the key, before anything is built. The caches are
+execution keys (``run/identity.py``): where they live does not change a run.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def place_caches(data: DictConfig, given: set[str]) -> None:
 
     Args:
         data: the config's ``data`` section (changed in place).
-        given: the ``data.*`` keys the user set (command line, experiment, a config_dir's files).
+        given: the ``data.*`` keys set on the command line or in an experiment (a value other than the default
+            counts as given wherever it was set).
 
     Raises:
         OutputError: a cache folder the user gave cannot be written, or neither the default nor the user's cache
