@@ -83,6 +83,22 @@ def test_two_configs_two_seeds_each_aggregate_apart(tmp_path: Path, fake_train):
     assert r"\toprule" in latex and r"\midrule" in latex and r"\bottomrule" in latex
     assert r"bottle & $85.0 \pm 7.1$" in latex
     assert (gii_dir / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # No DTD here, so the fake runs trained on procedural textures: both tables say so, the PDF's included.
+    assert "not comparable with the paper" in markdown and r"\multicolumn{7}{l}{\footnotesize Trained" in latex
+
+
+def test_runs_on_the_papers_textures_get_no_procedural_note():
+    from urd_lightning.benchmark.records import RunRecord
+    from urd_lightning.benchmark.seeds import aggregate, latex, markdown, procedural
+
+    final = {"image_AUROC": 0.9, "pixel_AUROC": 0.9, "pixel_AUPRO": 0.9, "pixel_AUPRO_per_image": 0.9}
+    records = [RunRecord("mvtec", "bottle", f"r-s{seed}", "done", None,
+                         {"final": final, "texture_source": textures}, {"seed": seed})
+               for seed, textures in ((111, "dtd"), (1, "dtd"))]
+    stats = aggregate(records)
+    assert not procedural(records)
+    assert "comparable" not in markdown("mvtec", "r-seeds", records, stats)
+    assert "comparable" not in latex("mvtec", "r-seeds", stats, procedural(records))
 
 
 def test_the_seeds_chart_draws_the_means_with_the_std_as_error_bars(tmp_path: Path, fake_train, monkeypatch):

@@ -115,3 +115,22 @@ def group_runs(records: list[RunRecord]) -> dict[tuple[str, str], list[RunRecord
     for record in records:
         groups[(record.dataset, record.run)].append(record)
     return dict(groups)
+
+
+PROCEDURAL_MARK = "†"  # rows trained on procedural textures instead of the paper's DTD
+
+
+def texture_source(record: RunRecord) -> str | None:
+    """``dtd``, ``procedural`` or ``none`` (no synthesis) from metrics.json, else from the run's config; or None.
+
+    Runs written before the field existed have no ``data.textures`` either: no DTD path meant procedural then.
+    """
+    if "texture_source" in record.metrics:
+        return str(record.metrics["texture_source"])
+    if "data.textures" in record.config:
+        return str(record.config["data.textures"])
+    if "data.synthesis" not in record.config:
+        return None
+    if not record.config["data.synthesis"]:
+        return "none"
+    return "dtd" if record.config.get("data.dtd_root") else "procedural"

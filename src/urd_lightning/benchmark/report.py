@@ -18,7 +18,7 @@ from typing import Any
 
 from urd_lightning.benchmark.paper import PAPER_CAVEATS, PAPER_MEANS, PAPER_SOURCE
 from urd_lightning.benchmark.plots import write_plots
-from urd_lightning.benchmark.records import RunRecord, find_runs, group_runs
+from urd_lightning.benchmark.records import PROCEDURAL_MARK, RunRecord, find_runs, group_runs, texture_source
 from urd_lightning.benchmark.seeds import group_by_config, group_name, write_seed_report
 from urd_lightning.config import read_command_line
 from urd_lightning.config.cli import Command, Option
@@ -37,25 +37,6 @@ TABLE_COLUMNS: dict[str, str] = {
     "pixel_AUPRO": "AUPRO pooled (MVTec official)",
     "pixel_AP": "pixel AP",
 }
-PROCEDURAL_MARK = "†"  # rows trained on procedural textures instead of the paper's DTD
-
-
-def texture_source(record: RunRecord) -> str | None:
-    """``dtd``, ``procedural`` or ``none`` (no synthesis) from metrics.json, else from the run's config; or None.
-
-    Runs written before the field existed have no ``data.textures`` either: no DTD path meant procedural then.
-    """
-    if "texture_source" in record.metrics:
-        return str(record.metrics["texture_source"])
-    if "data.textures" in record.config:
-        return str(record.config["data.textures"])
-    if "data.synthesis" not in record.config:
-        return None
-    if not record.config["data.synthesis"]:
-        return "none"
-    return "dtd" if record.config.get("data.dtd_root") else "procedural"
-
-
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from urd_lightning.benchmark.paper import PAPER_MEANS, PAPER_SOURCE
 from urd_lightning.benchmark.plots import BAR_METRICS, bar_chart
-from urd_lightning.benchmark.records import RunRecord
+from urd_lightning.benchmark.records import RunRecord, texture_source
 from urd_lightning.config.files import order_categories
 from urd_lightning.errors import ConfigError
 from urd_lightning.files import write_atomic
@@ -141,6 +141,14 @@ def _pm(stat: Stat, latex: bool = False) -> str:
     return f"${text}$" if latex else text
 
 
+PROCEDURAL_NOTE = "Trained with built-in procedural textures, not the paper's DTD: not comparable with the paper"
+
+
+def procedural(records: list[RunRecord]) -> bool:
+    """Whether the runs used procedural textures (one group shares its texture source: it is part of the identity)."""
+    return any(texture_source(r) == "procedural" for r in records)
+
+
 def markdown(dataset: str, name: str, records: list[RunRecord], stats: dict) -> str:
     """The mean ± std tables (percent), one per section, with n and the paper's means."""
     seeds = sorted({s for s in (seed_of(r) for r in records) if s is not None})
@@ -148,6 +156,9 @@ def markdown(dataset: str, name: str, records: list[RunRecord], stats: dict) -> 
     lines = [f"# {dataset}: {name}", "", f"Seeds {', '.join(map(str, seeds))} (runs {', '.join(runs)}); mean ± "
              "sample std over the seeds, in percent; n = seeds that finished. Overall: mean ± std over the seeds of "
              "the category mean (seeds that finished every category).", ""]
+    if procedural(records):
+        lines += [f"{PROCEDURAL_NOTE} (every run of this group). Get DTD with `python -m urd_lightning data "
+                  "download dtd` and rerun.", ""]
     paper = PAPER_MEANS.get(dataset, {})
     for section, title in (("final", "final iteration"), ("oracle", "oracle: best periodic TEST-set evaluation")):
         if section not in stats:
@@ -169,8 +180,12 @@ def markdown(dataset: str, name: str, records: list[RunRecord], stats: dict) -> 
     return "\n".join(lines) + "\n"
 
 
-def latex(dataset: str, name: str, stats: dict) -> str:
-    r"""A booktabs table of the final-iteration mean ± std (needs ``\usepackage{booktabs}``)."""
+def latex(dataset: str, name: str, stats: dict, textures_note: bool = False) -> str:
+    r"""A booktabs table of the final-iteration mean ± std (needs ``\usepackage{booktabs}``).
+
+    ``textures_note``: the runs used procedural textures; a note under the table says they are not comparable with
+    the paper (a comment alone would not reach the PDF).
+    """
     table = stats["final"]
     order = order_categories(dataset, [c for c in table if c != "mean"])
     paper = PAPER_MEANS.get(dataset, {})
@@ -186,7 +201,10 @@ def latex(dataset: str, name: str, stats: dict) -> str:
     if paper:
         lines.append("Paper & " + " & ".join(f"{100 * paper[m]:.1f}" if m in paper else "--" for m in TABLE)
                      + r" & \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines.append(r"\bottomrule")
+    if textures_note:
+        lines.append(rf"\multicolumn{{{len(TABLE) + 2}}}{{l}}{{\footnotesize {PROCEDURAL_NOTE}.}} \\")
+    lines.append(r"\end{tabular}")
     caption = f"% {dataset}, {escape(name)}: mean $\\pm$ sample std over seeds (percent), final iteration"
     return caption + "\n" + "\n".join(lines) + "\n"
 
@@ -210,7 +228,7 @@ def write_seed_report(dataset: str, records: list[RunRecord], out_dir: Path, plo
     write_atomic(paths["seeds_markdown"], markdown(dataset, name, records, stats))
     write_atomic(paths["seeds_csv"], handle.getvalue())
     if "final" in stats:
-        write_atomic(paths["seeds_latex"], latex(dataset, name, stats))
+        write_atomic(paths["seeds_latex"], latex(dataset, name, stats, procedural(records)))
     else:
         paths.pop("seeds_latex")
     if plots and "final" in stats:
