@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import struct
 import zlib
@@ -308,7 +309,8 @@ def test_full_disk_during_weights_or_torchscript_export_is_one_line(tmp_path, ca
 
         monkeypatch.setattr(Path, "write_bytes", full)
     code, line = run_cli(capsys, "export", f"ckpt={ckpt}", f"format={fmt}", f"output={tmp_path / 'model.out'}")
-    assert code == 2 and "no space left on the disk while writing" in line and "0.0 MB" not in line
+    # No size rounded to nothing ("about 0.0 MB needed"); a free space such as 35670.0 MB is fine.
+    assert code == 2 and "no space left on the disk while writing" in line and not re.search(r"(?<![\d.])0\.0 MB", line)
     assert snapshot(tmp_path) == before  # no half-written model, no hidden temporary file
 
 
