@@ -20,9 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from urd_lightning.benchmark.paper import PAPER_MEANS  # noqa: E402
 from urd_lightning.benchmark.records import RunRecord  # noqa: E402
-from urd_lightning.files import write_via  # noqa: E402
 from urd_lightning.run.folder import RunFolder  # noqa: E402
-from urd_lightning.training.figures import DPI, FPR_LIMIT, ROC_LIMITS  # noqa: E402  (one style for every figure)
+from urd_lightning.training.figures import FPR_LIMIT, ROC_LIMITS, save  # noqa: E402  (one style for every figure)
 
 BAR_METRICS = {
     "image_AUROC": "image AUROC",
@@ -69,8 +68,7 @@ def bar_chart(dataset: str, title: str, categories: list[str], values: dict[str,
     # Above the axes, never over them: a legend inside would hide a category's bars.
     ax.legend(fontsize=7, ncol=len(BAR_METRICS), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -89,13 +87,16 @@ OVERLAYS = {
 }
 
 
-def plot_curves_overlay(records: list[RunRecord], kind: str, path: Path) -> Path:
-    """Every category's curve of one kind (:data:`OVERLAYS`) on one axis, each labelled with its value."""
+def plot_curves_overlay(records: list[RunRecord], kind: str, path: Path, loaded: list[dict] | None = None) -> Path:
+    """Every category's curve of one kind (:data:`OVERLAYS`) on one axis, each labelled with its value.
+
+    ``loaded``: each record's ``curves.json`` when the caller has read them already (``{}`` for none).
+    """
     key, y_key, metric, title, limit = OVERLAYS[kind]
     fig, ax = plt.subplots(figsize=(3.4, 3.4))
     colours = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")  # tab20's neighbours are near-twins
-    for i, record in enumerate(records):
-        curves = _load_curves(record) or {}
+    loaded = loaded if loaded is not None else [_load_curves(r) or {} for r in records]
+    for i, (record, curves) in enumerate(zip(records, loaded, strict=True)):
         if curves.get(key):
             value = (curves.get("values") or {}).get(metric)
             label = record.category + (f" ({100 * value:.1f})" if value is not None else "")
@@ -105,8 +106,7 @@ def plot_curves_overlay(records: list[RunRecord], kind: str, path: Path) -> Path
     ax.legend(fontsize=5.5, ncol=2 if len(records) > 8 else 1, loc="lower right", title=metric.replace("_", " "),
               title_fontsize=6)
     fig.tight_layout(pad=0.4)
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -124,8 +124,7 @@ def plot_curve_sheet(records: list[RunRecord], filename: str, path: Path) -> Pat
         ax.imshow(plt.imread(image_path))
         ax.set_title(category, fontsize="small")
     fig.tight_layout()
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -135,10 +134,11 @@ def write_plots(dataset: str, run: str, records: list[RunRecord], out_dir: Path)
     if not records:
         return paths
     paths["bars"] = plot_bars(dataset, run, records, out_dir / "bars.png")
+    loaded = [_load_curves(r) or {} for r in records]  # each curves.json read once for the three overlays
     for kind, (key, *_rest) in OVERLAYS.items():
         target = out_dir / f"{kind}.png"
-        if any((_load_curves(r) or {}).get(key) for r in records):
-            paths[kind] = plot_curves_overlay(records, kind, target)
+        if any(curves.get(key) for curves in loaded):
+            paths[kind] = plot_curves_overlay(records, kind, target, loaded)
         elif kind != "pixel_roc_curves":  # runs from before curves.json: their own plots, tiled
             sheet = plot_curve_sheet(records, f"{kind.split('_')[0]}_curve.png", target)
             if sheet is not None:

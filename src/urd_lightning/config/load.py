@@ -10,7 +10,6 @@ DDP rank, so no timestamps or prompts here.
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Sequence
 from importlib.resources.abc import Traversable
@@ -21,7 +20,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from urd_lightning.config.augment import resolve_augment
-from urd_lightning.config.cli import HELP_FLAGS, Arguments, Command, HelpRequested, help_text, parse_command_line
+from urd_lightning.config.cli import (
+    HELP_FLAGS,
+    Arguments,
+    Command,
+    HelpRequested,
+    closest,
+    help_text,
+    parse_command_line,
+)
 from urd_lightning.config.files import CONFIG_DIR, config_names, config_roots, find_config, key_descriptions, load_yaml
 from urd_lightning.config.places import place_caches
 from urd_lightning.config.ranges import check_ranges
@@ -60,9 +67,8 @@ def _check_keys(values: dict[str, Any], schema: DictConfig, source: str, prefix:
     for key, value in values.items():
         full = f"{prefix}{key}"
         if full not in valid:
-            close = difflib.get_close_matches(full, list(valid), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key '{full}' in {source}.{hint} `print-config` lists the valid keys.")
+            raise ConfigError(f"unknown config key '{full}' in {source}.{closest(full, valid)} `print-config` lists "
+                              "the valid keys.")
         if isinstance(valid[full], DictConfig) and not isinstance(value, dict):
             inside = [k for k in valid if k.startswith(full + ".")]
             raise ConfigError(f"'{full}={value}' in {source}: {full} is a section of keys, not a value; set one of "

@@ -111,9 +111,7 @@ def draw_panels(samples: list[dict[str, Any]], vmax: float, threshold: float | N
         image = denormalize(sample["image"]).numpy()
         fig = figures.panel_figure(image, sample["gt_mask"].numpy(), sample["anomaly_map"].numpy(), sample["score"],
                                    f"{sample['defect_type']} (label {sample['label']})", vmax, threshold)
-        figures.save(fig, target, close=False)
-        panels.append(figures.to_array(fig))  # the PNG's pixels: the loggers show what the run folder holds
-        figures.close(fig)
+        panels.append(figures.pixels(figures.save(fig, target)))  # the loggers show what the run folder holds
         images.append(to_uint8(image))
     return panels, images
 

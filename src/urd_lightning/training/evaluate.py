@@ -9,7 +9,6 @@ checkpoint's run folder, with the same metric names as ``metrics.json``. ``ckpt=
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from urd_lightning.run.extras import EXTRAS_KEY, REWRITE, CheckpointExtras
 from urd_lightning.run.folder import RunFolder
 from urd_lightning.training.builders import build_datamodule, build_module, trainer_kwargs
 from urd_lightning.training.loggers import setup_console_logging
-from urd_lightning.training.results import METRIC_ORDER, UNDEFINED_NOTE, has_undefined, json_safe
+from urd_lightning.training.results import METRIC_ORDER, strict_json
 
 
 def _read_checkpoint(path: Path, given: set[str]) -> tuple[dict[str, Any], CheckpointExtras]:
@@ -89,9 +88,7 @@ def evaluate_checkpoint(argv: list[str]) -> int:
     if trainer.global_rank == 0:
         payload = {"checkpoint": str(path), "dataset": cfg.dataset, "category": cfg.data.category,
                    "final": module.final, "config": OmegaConf.to_container(cfg.data, resolve=True)}
-        if has_undefined(payload):  # strict JSON: null, and why (as metrics.json)
-            payload = {**json_safe(payload), "null": UNDEFINED_NOTE}
-        write_atomic(out, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        write_atomic(out, strict_json(payload))  # null for an undefined metric, and why (as metrics.json)
         width = max(len(k) for k in METRIC_ORDER) + 2
         rows = [f"{k:<{width}}{module.final[k]:.4f}" for k in METRIC_ORDER if k in module.final]
         print("\n".join([f"{cfg.dataset}/{cfg.data.category}: {path}", *rows, f"written: {out}"]), flush=True)

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from urd_lightning.files import write_via  # noqa: E402
+from urd_lightning.files import write_atomic  # noqa: E402
 
 FPR_LIMIT = 0.3  # AUPRO integrates the PRO curve up to FPR 0.3 (MVTec AD protocol, both variants)
 DPI = 150
@@ -121,23 +121,19 @@ def pro_figure(curves: dict[str, Any], values: dict[str, float], title: str = "P
     return fig
 
 
-def to_array(fig: Figure) -> np.ndarray:
-    """The figure as the (H, W, 3) uint8 RGB array the loggers receive: the PNG :func:`save` writes, decoded."""
+def save(fig: Figure, path: str | Path) -> bytes:
+    """Render ``fig`` once as a PNG, write it atomically (files.py) and close the figure; returns the PNG's bytes.
+
+    The loggers get :func:`pixels` of these bytes, so the run folder, W&B and TensorBoard show the same image
+    without drawing the figure twice.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    buffer.seek(0)
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
-def save(fig: Figure, path: str | Path, close: bool = True) -> Path:
-    """Write ``fig`` as a PNG atomically (files.py); closes it unless asked not to."""
-    path = Path(path)
-    write_via(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
-    if close:
-        plt.close(fig)
-    return path
-
-
-def close(fig: Figure) -> None:
-    """Free a figure kept open for :func:`to_array`."""
     plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def pixels(png: bytes) -> np.ndarray:
+    """A PNG (:func:`save`'s bytes) as the (H, W, 3) uint8 RGB array the loggers receive."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

@@ -23,6 +23,8 @@ import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from urd_lightning.training.figures import FPR_LIMIT
+
 log = logging.getLogger("urd_lightning")
 
 
@@ -43,7 +45,7 @@ def log_panels(loggers: Any, panels: list[np.ndarray], samples: list[dict[str, A
 
     Args:
         loggers: the trainer's loggers.
-        panels: the panel figures as (H, W, 3) uint8 arrays (figures.to_array), one per sample.
+        panels: the panel figures as (H, W, 3) uint8 arrays (figures.pixels), one per sample.
         samples: the samples (``path``, ``score``, ``defect_type``, ``gt_mask``).
         images: each sample's image, (H, W, 3) uint8.
         iteration: the URD iteration of the evaluation.
@@ -97,7 +99,7 @@ def log_final(loggers: Any, final: dict[str, float], iteration: int, figures: di
         loggers: the run's logger(s).
         final: the final metrics.
         iteration: the URD iteration they belong to.
-        figures: ``{"roc_curve": array, "pro_curve": array}`` (figures.to_array).
+        figures: ``{"roc_curve": array, "pro_curve": array}`` (figures.pixels).
         curves: the ``curves.json`` content (results.py).
         files: the result files for the W&B ``results`` artifact (metrics.json, curves.json).
         checkpoint: ``last.ckpt`` to upload as a W&B model artifact (``wandb.log_model=true``), or None.
@@ -126,10 +128,11 @@ def _wandb_final(logger: WandbLogger, final: dict[str, float], iteration: int, f
     run = logger.experiment
     table = wandb.Table(columns=["metric", "value"], data=[[k, float(v)] for k, v in final.items()])
     roc = _curve_table(wandb, curves, {"image_roc": "image", "pixel_roc": "pixel"}, "tpr")
-    pro = _curve_table(wandb, curves, {"pixel_pro": "pooled PRO"}, "pro", limit=0.3)
+    pro = _curve_table(wandb, curves, {"pixel_pro": "pooled PRO"}, "pro", limit=FPR_LIMIT)
     run.log({"final_metrics": table, **{f"curves/{k}": wandb.Image(v) for k, v in figures.items()},
              "curves/roc": wandb.plot.line(roc, "fpr", "tpr", stroke="curve", title="ROC (final evaluation)"),
-             "curves/pro": wandb.plot.line(pro, "fpr", "pro", stroke="curve", title="PRO, pooled (FPR <= 0.3)"),
+             "curves/pro": wandb.plot.line(pro, "fpr", "pro", stroke="curve",
+                                           title=f"PRO, pooled (FPR <= {FPR_LIMIT})"),
              "curves/roc_table": roc, "curves/pro_table": pro,
              "iteration": iteration})
     results = wandb.Artifact(f"results-{run.id}", type="results", metadata={"iteration": iteration, **final})

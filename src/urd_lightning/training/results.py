@@ -57,17 +57,25 @@ def has_undefined(value: Any) -> bool:
     return isinstance(value, list | tuple) and any(has_undefined(v) for v in value)
 
 
+def strict_json(payload: dict[str, Any]) -> str:
+    """``payload`` as strict JSON text: an undefined metric (NaN) is null, and a top-level ``"null"`` entry says why.
 
-def write_metrics(folder: RunFolder, payload: dict[str, Any]) -> Path:
-    """The run's ``metrics.json`` (design.md "results" format); returns its path.
-
-    Strict JSON: an undefined metric (NaN) is written as null, and a top-level ``"null"`` entry says why.
+    The one format of ``metrics.json`` and ``test_metrics.json``.
     """
     safe = json_safe(payload)
     if has_undefined(payload):
         safe["null"] = UNDEFINED_NOTE
-    return write_atomic(folder.metrics, json.dumps(safe, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return json.dumps(safe, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
+
+def measured(final: dict[str, float], oracle: dict[str, float] | None) -> dict[str, float]:
+    """What ``train()`` returns: the final metrics and, with periodic evaluation, ``oracle/<metric>``."""
+    return {**final, **{f"oracle/{k}": float(v) for k, v in (oracle or {}).items() if k != "step"}}
+
+
+def write_metrics(folder: RunFolder, payload: dict[str, Any]) -> Path:
+    """The run's ``metrics.json`` (design.md "results" format, :func:`strict_json`); returns its path."""
+    return write_atomic(folder.metrics, strict_json(payload))
 
 
 def curve_record(curves: dict[str, Any], final: dict[str, float]) -> dict[str, Any]:
@@ -92,10 +100,7 @@ def write_curves(folder: RunFolder, record: dict[str, Any]) -> dict[str, Any]:
     write_atomic(folder.curves_data, json.dumps(record) + "\n")
     arrays = {}
     for kind, draw in (("roc", figures.roc_figure), ("pro", figures.pro_figure)):
-        fig = draw(record, record["values"])
-        figures.save(fig, folder.curve(kind), close=False)
-        arrays[f"{kind}_curve"] = figures.to_array(fig)
-        figures.close(fig)
+        arrays[f"{kind}_curve"] = figures.pixels(figures.save(draw(record, record["values"]), folder.curve(kind)))
     return arrays
 
 
@@ -178,8 +183,7 @@ class ResultsWriter(Callback):
         state = self.folder.read_state()  # every rank: the periodic rows and steps rank zero stored
         pl_module.periodic = list(state.get("periodic", pl_module.periodic))
         oracle = pl_module.oracle()
-        self.measured = {**pl_module.final, **{f"oracle/{k}": float(v) for k, v in (oracle or {}).items()
-                                               if k != "step"}}
+        self.measured = measured(pl_module.final, oracle)
         if trainer.global_rank == 0:
             self._write(pl_module, state, oracle)  # metrics and summary first (small): a full disk cannot take them
             self._add_extras(pl_module)  # then the large checkpoint

@@ -41,7 +41,7 @@ from urd_lightning.training.interrupt import InterruptWatch, TrainingInterrupted
 from urd_lightning.training.loggers import build_logger, finish, require_logger_package, setup_console_logging
 from urd_lightning.training.module import URDModule
 from urd_lightning.training.preemption import Requeue, resume_path
-from urd_lightning.training.results import ResultsWriter
+from urd_lightning.training.results import ResultsWriter, measured
 from urd_lightning.training.runtime import runtime_info
 
 log = logging.getLogger("urd_lightning")
@@ -91,8 +91,7 @@ def _measured_elsewhere(trainer: Trainer, module: URDModule, folder: RunFolder) 
     """
     final = {k.removeprefix("test/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     module.periodic = list(folder.read_state().get("periodic", []))
-    oracle = module.oracle() or {}
-    return {**final, **{f"oracle/{k}": float(v) for k, v in oracle.items() if k != "step"}}
+    return measured(final, module.oracle())
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
